@@ -1,0 +1,93 @@
+"""Base config: every field any experiment may set, with NCSNv2's CIFAR-10 choices as defaults.
+
+Experiment files (``configs/cifar10.py`` …) start from :func:`get_config` here and override what differs.
+Every field can be overridden on the command line, e.g. ``--config.training.batch_size=8``.
+
+Fields that accept ``"auto"`` (``model.sigma_max``, ``model.num_scales``, ``sampling.step_lr``) are computed
+from the training data with NCSNv2's techniques (see :mod:`ncsn_jax.noise`) when training starts; the chosen
+values are logged and stored in the checkpoint so that sampling uses the same ones.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def number_or_auto(value):
+    """A field that holds a number or the string ``"auto"`` (both settable from the command line)."""
+    return config_dict.FieldReference(value, field_type=object)
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 42
+
+    # ---- data -------------------------------------------------------------------------------------------
+    config.data = data = ml_collections.ConfigDict()
+    data.dataset = "cifar10"  # toy | digits | cifar10 | mnist | celeba
+    data.image_size = 32
+    data.num_channels = 3
+    data.random_flip = True
+    data.uniform_dequantization = False
+    data.centered = False  # False: images in [0, 1] (models map them to 2x - 1 inside)
+    data.data_dir = ""  # TFDS data_dir; "" means TFDS's default (~/tensorflow_datasets)
+
+    # ---- model ------------------------------------------------------------------------------------------
+    config.model = model = ml_collections.ConfigDict()
+    model.name = "ncsnv2"  # ncsn | ncsnv2 | ncsnv2_deeper | ncsnv2_deepest | mlp
+    model.sigma_max = number_or_auto(50.0)
+    model.sigma_min = 0.01
+    model.num_scales = number_or_auto(232)
+    model.ema_rate = 0.999
+    model.ngf = 128
+    model.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
+    model.normalization = "InstanceNorm++"
+    model.nonlinearity = "elu"
+    # Only for name="mlp":
+    model.hidden_dims = (128, 128, 128)
+    model.sigma_conditioning = "embedding"  # embedding (of log sigma) | scale (NCSNv2's f(x) / sigma)
+
+    # ---- training ---------------------------------------------------------------------------------------
+    config.training = training = ml_collections.ConfigDict()
+    training.n_iters = 300_001
+    training.batch_size = 128  # global batch, split over all devices of all processes
+    training.loss = "dsm"  # dsm | ssm | ssm_vr | exact   (see ncsn_jax.losses.get_loss_fn)
+    training.anneal_power = 2.0  # lambda(sigma) = sigma ** anneal_power
+    training.n_projections = 1  # sliced objectives only
+    training.projection = "rademacher"
+    training.log_freq = 100
+    training.eval_freq = 0  # 0: no held-out loss
+    training.snapshot_freq = 5000  # periodic checkpoint (kept) and sample snapshot
+    training.snapshot_sampling = True
+    training.keep_checkpoints = 5
+    training.preemption_freq = 500  # frequent checkpoint that only the latest is kept of
+    training.steps_per_call = 1  # train steps per host->device call (lax.scan over stacked batches)
+    training.nonfinite_tolerance = (
+        0  # non-finite losses/grads skipped before training stops (0: stop at once)
+    )
+
+    # ---- optimisation -----------------------------------------------------------------------------------
+    config.optim = optim = ml_collections.ConfigDict()
+    optim.optimizer = "adam"
+    optim.lr = 1e-4
+    optim.beta1 = 0.9
+    optim.beta2 = 0.999
+    optim.eps = 1e-8
+    optim.weight_decay = 0.0
+    optim.warmup = 0  # linear learning-rate warm-up steps
+    optim.grad_clip = 0.0  # global-norm clipping; 0 disables
+
+    # ---- sampling ---------------------------------------------------------------------------------------
+    # step_lr is in OUR convention x <- x + (a/2) s + sqrt(a) z: twice the reference code's value.
+    config.sampling = sampling = ml_collections.ConfigDict()
+    sampling.method = "annealed_langevin"  # annealed_langevin | inpainting | interpolation
+    sampling.batch_size = 100
+    sampling.n_steps_each = 5
+    sampling.step_lr = number_or_auto(1.24e-5)
+    sampling.denoise = True
+    sampling.use_ema = True
+    sampling.init = "uniform"  # uniform on init_range | gaussian (N(0, sigma_1^2 I))
+    sampling.init_range = (0.0, 1.0)
+    sampling.trajectory_every = 0  # >0: also save every k-th iterate (trajectory strip)
+    sampling.n_interpolations = 15
+    sampling.snapshot_batch_size = 36  # samples drawn at each training snapshot
+    return config

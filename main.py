@@ -1,0 +1,89 @@
+"""ncsn-jax command line: train or sample a score-based model from an ml_collections config.
+
+    python main.py --config=configs/toy.py --workdir=runs/toy --mode=train
+    python main.py --config=configs/toy.py --workdir=runs/toy --mode=sample
+
+Any config field can be overridden, e.g. ``--config.training.batch_size=8``. Errors in what was asked
+(an unknown config field, a missing dataset or checkpoint, …) print one message and exit with status 2;
+``--debug`` shows the Python traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from ncsn_jax import cli_errors
+
+FLAGS = flags.FLAGS
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Path to an ml_collections config file.", lock_config=True
+)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
+flags.DEFINE_enum(
+    "mode",
+    None,
+    ["train", "sample"],
+    "What to do: train (resumes if workdir has a checkpoint) or sample (from the newest checkpoint).",
+)
+flags.DEFINE_bool("debug", False, "Show Python tracebacks instead of one-line error messages.")
+flags.DEFINE_string(
+    "coordinator_address",
+    None,
+    "Multi-process runs: host:port of process 0 "
+    "(jax.distributed.initialize). On TPU pods use --multihost instead.",
+)
+flags.DEFINE_integer("num_processes", None, "Multi-process runs: number of processes.")
+flags.DEFINE_integer("process_id", None, "Multi-process runs: index of this process.")
+flags.DEFINE_bool(
+    "multihost", False, "Call jax.distributed.initialize() with auto-detection (TPU pods, SLURM)."
+)
+flags.mark_flags_as_required(["config", "workdir", "mode"])
+
+
+def _initialize_distributed() -> None:
+    import jax  # pylint: disable=g-import-not-at-top
+
+    if FLAGS.coordinator_address:
+        jax.distributed.initialize(
+            FLAGS.coordinator_address, num_processes=FLAGS.num_processes, process_id=FLAGS.process_id
+        )
+    elif FLAGS.multihost:
+        jax.distributed.initialize()
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    _initialize_distributed()
+    import jax  # pylint: disable=g-import-not-at-top
+
+    from ncsn_jax import generate, logging_utils, train  # pylint: disable=g-import-not-at-top
+
+    logging_utils.quiet_library_logs()
+
+    logging.info(
+        "JAX %s, backend %s: %d device(s) in all, %d local; process %d of %d.",
+        jax.__version__,
+        jax.default_backend(),
+        jax.device_count(),
+        jax.local_device_count(),
+        jax.process_index(),
+        jax.process_count(),
+    )
+    config = _CONFIG.value
+    with cli_errors.user_errors(debug=FLAGS.debug):
+        if FLAGS.mode == "train":
+            train.train(config, FLAGS.workdir)
+        else:
+            out_dir = generate.sample(config, FLAGS.workdir)
+            print(f"Samples written to {out_dir}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    app.run(main, flags_parser=cli_errors.flags_parser(FLAGS))

@@ -1,0 +1,363 @@
+"""Training: the train state, a pure data-parallel train step, and the training loop.
+
+One optimisation step minimises a score-matching objective of :mod:`ncsn_jax.losses` (chosen by
+``config.training.loss``) over a global batch::
+
+        key_t        = fold_in(PRNGKey(config.seed), t)          # all randomness of step t
+        loss, grads  = value_and_grad(L)(params; batch_t, sigmas, key_t)
+        params      <- Adam(params, grads)
+        ema         <- m·ema + (1 − m)·params                     # m = config.model.ema_rate
+
+``batch_t`` is itself a function of ``(config.seed, t)`` (:mod:`ncsn_jax.datasets`), so step ``t`` of a resumed
+run repeats exactly what the uninterrupted run would have done. The step is ``jax.jit``-compiled with the
+batch split over all devices (:mod:`ncsn_jax.parallel`) and the state buffers donated; ``steps_per_call``
+steps run in one ``lax.scan`` per host call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any, Callable, Mapping
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+
+from ncsn_jax import checkpointing
+from ncsn_jax import config_lib
+from ncsn_jax import datasets
+from ncsn_jax import generate
+from ncsn_jax import losses
+from ncsn_jax import models
+from ncsn_jax import parallel
+
+PyTree = Any
+Metrics = dict[str, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a resumed run needs besides the config (the data position is ``step`` itself).
+
+    Attributes:
+        step: number of optimizer updates applied so far (int32 scalar).
+        params: model parameters.
+        ema_params: exponential moving average of ``params`` (NCSNv2's EMA; equals ``params`` when rate = 0).
+        opt_state: optax state.
+        key: raw ``uint32[2]`` PRNG key made from ``config.seed``; step ``t`` uses ``fold_in(key, t)``.
+        nonfinite_count: updates skipped so far because the loss or a gradient was not finite.
+    """
+
+    step: jax.Array
+    params: PyTree
+    ema_params: PyTree
+    opt_state: PyTree
+    key: jax.Array
+    nonfinite_count: jax.Array
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss or the gradients became non-finite more often than ``config.training.nonfinite_tolerance``."""
+
+
+def create_optimizer(optim: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """Adam as in the reference code, with optional L2 weight decay, linear warm-up and global-norm clipping.
+
+    PyTorch's ``Adam(weight_decay=w)`` adds ``w·θ`` to the gradient before the moment estimates, which is
+    ``add_decayed_weights`` placed before ``scale_by_adam`` (not AdamW's decoupled decay).
+    """
+    if optim.optimizer.lower() != "adam":
+        raise ValueError(f"config.optim.optimizer={optim.optimizer!r} is not supported; valid: 'adam'.")
+    lr: float | optax.Schedule = optim.lr
+    if optim.warmup > 0:
+        lr = optax.linear_schedule(0.0, optim.lr, transition_steps=optim.warmup)
+    transforms = []
+    if optim.grad_clip > 0:
+        transforms.append(optax.clip_by_global_norm(optim.grad_clip))
+    if optim.weight_decay > 0:
+        transforms.append(optax.add_decayed_weights(optim.weight_decay))
+    transforms.append(optax.scale_by_adam(b1=optim.beta1, b2=optim.beta2, eps=optim.eps))
+    transforms.append(optax.scale_by_learning_rate(lr))
+    return optax.chain(*transforms)
+
+
+def init_train_state(
+    model: nn.Module,
+    config: ml_collections.ConfigDict,
+    example_shape: tuple[int, ...],
+    optimizer: optax.GradientTransformation,
+) -> TrainState:
+    """Initialise parameters from ``config.seed`` and wrap them with optimizer state and EMA copy."""
+    base_key = jax.random.PRNGKey(config.seed)
+    init_key, train_key = jax.random.split(base_key)
+    params = models.init_variables(model, init_key, (1, *example_shape))["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        ema_params=jax.tree.map(jnp.copy, params),
+        opt_state=optimizer.init(params),
+        key=train_key,
+        nonfinite_count=jnp.zeros((), jnp.int32),
+    )
+
+
+def _all_finite(tree: PyTree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def make_train_step(
+    model: nn.Module,
+    loss_fn: losses.LossFn,
+    optimizer: optax.GradientTransformation,
+    sigmas: jax.Array,
+    ema_rate: float,
+) -> Callable[[TrainState, jax.Array], tuple[TrainState, Metrics]]:
+    """Build the pure function ``(state, batch) -> (state, metrics)`` for one optimisation step.
+
+    An update whose loss or gradient is not finite is not applied (the state only counts it in
+    ``nonfinite_count``); the training loop decides whether to stop.
+
+    Metrics: ``loss`` (batch mean), ``grad_norm``, ``finite`` (bool), and per noise level
+    ``level_loss_sum`` / ``level_count`` of shape ``(L,)`` for per-level loss curves.
+    """
+    num_levels = sigmas.shape[0]
+
+    def train_step(state: TrainState, batch: jax.Array) -> tuple[TrainState, Metrics]:
+        step_key = jax.random.fold_in(state.key, state.step)
+
+        def objective(params):
+            score_fn = models.get_score_fn(model, {"params": params})
+            return loss_fn(score_fn, batch, sigmas, step_key)
+
+        (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+        finite = jnp.isfinite(loss) & _all_finite(grads)
+        updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
+        new_params = optax.apply_updates(state.params, updates)
+        new_ema = jax.tree.map(lambda e, p: ema_rate * e + (1.0 - ema_rate) * p, state.ema_params, new_params)
+
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+        new_state = TrainState(
+            step=state.step + 1,
+            params=keep(new_params, state.params),
+            ema_params=keep(new_ema, state.ema_params),
+            opt_state=keep(new_opt_state, state.opt_state),
+            key=state.key,
+            nonfinite_count=state.nonfinite_count + (~finite).astype(jnp.int32),
+        )
+
+        per_example = aux["per_example_loss"]
+        level = aux["sigma_idx"]
+        metrics = {
+            "loss": loss,
+            "grad_norm": optax.global_norm(grads),
+            "finite": finite,
+            "level_loss_sum": jax.ops.segment_sum(per_example, level, num_segments=num_levels),
+            "level_count": jax.ops.segment_sum(jnp.ones_like(per_example), level, num_segments=num_levels),
+        }
+        return new_state, metrics
+
+    return train_step
+
+
+def make_multi_step(
+    train_step: Callable[[TrainState, jax.Array], tuple[TrainState, Metrics]],
+) -> Callable[[TrainState, jax.Array], tuple[TrainState, Metrics]]:
+    """``(state, batches[k, B, ...]) -> (state, metrics[k, ...])``: k train steps in one ``lax.scan``."""
+
+    def multi_step(state, batches):
+        return jax.lax.scan(train_step, state, batches)
+
+    return multi_step
+
+
+def compile_train_step(
+    model: nn.Module,
+    config: ml_collections.ConfigDict,
+    sigmas: jax.Array,
+    optimizer: optax.GradientTransformation,
+    mesh: jax.sharding.Mesh,
+):
+    """Jit the multi-step function with the batch sharded over ``mesh`` and the state donated."""
+    loss_fn = losses.get_loss_fn(config.training.loss, **config_lib.loss_options(config))
+    step = make_multi_step(make_train_step(model, loss_fn, optimizer, sigmas, config.model.ema_rate))
+    replicated = parallel.replicated(mesh)
+    return jax.jit(
+        step,
+        in_shardings=(replicated, parallel.batch_sharded(mesh, leading_axes=1)),
+        out_shardings=(replicated, replicated),
+        donate_argnums=(0,),
+    )
+
+
+@dataclasses.dataclass
+class _MetricsAccumulator:
+    """Host-side running sums of step metrics between two log lines."""
+
+    num_levels: int
+    loss_sum: float = 0.0
+    grad_norm_sum: float = 0.0
+    steps: int = 0
+    level_loss_sum: np.ndarray | None = None
+    level_count: np.ndarray | None = None
+
+    def add(self, metrics: Mapping[str, np.ndarray]) -> None:
+        finite = metrics["finite"]
+        self.loss_sum += float(np.sum(np.where(finite, metrics["loss"], 0.0)))
+        self.grad_norm_sum += float(np.sum(np.where(finite, metrics["grad_norm"], 0.0)))
+        self.steps += int(np.sum(finite))
+        level_loss = np.sum(metrics["level_loss_sum"][finite], axis=0)
+        level_count = np.sum(metrics["level_count"][finite], axis=0)
+        if self.level_loss_sum is None:
+            self.level_loss_sum, self.level_count = level_loss, level_count
+        else:
+            self.level_loss_sum += level_loss
+            self.level_count += level_count
+
+    def summary(self) -> dict[str, Any]:
+        steps = max(self.steps, 1)
+        out: dict[str, Any] = {"loss": self.loss_sum / steps, "grad_norm": self.grad_norm_sum / steps}
+        if self.level_count is not None:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out["level_loss"] = self.level_loss_sum / self.level_count  # NaN where a level was not drawn
+        return out
+
+
+def _chunk_length(step: int, steps_per_call: int, n_iters: int, boundaries: tuple[int, ...]) -> int:
+    """Steps to run in the next host call: at most ``steps_per_call``, never crossing a boundary."""
+    n = min(steps_per_call, n_iters - step)
+    for every in boundaries:
+        if every > 0:
+            n = min(n, every - step % every)
+    return n
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+    """Train (or resume training) the model of ``config``, writing checkpoints and logs under ``workdir``.
+
+    Resumes from the latest checkpoint in ``workdir`` when there is one; returns the final train state.
+    """
+    from ncsn_jax import logging_utils  # pylint: disable=g-import-not-at-top
+
+    config_lib.validate(config)
+    parallel.check_batch_size(config.training.batch_size)
+    checkpointing.ensure_writable(workdir)
+    is_writer = jax.process_index() == 0
+
+    store = checkpointing.CheckpointStore(workdir, keep=config.training.keep_checkpoints)
+    resume_meta = store.latest_meta()
+    dataset = datasets.create_dataset(config, "train", data_dir=config.data.data_dir or None)
+    if resume_meta is not None:
+        config = config_lib.apply_resolved(config, resume_meta["resolved"])
+        resolved = resume_meta["resolved"]
+    else:
+        config, resolved = config_lib.resolve_auto_fields(config, dataset)
+    sigmas = jnp.asarray(config_lib.sigmas(config))
+    model = models.create(config)
+    optimizer = create_optimizer(config.optim)
+    mesh = parallel.create_mesh()
+    example_shape = tuple(dataset.example_shape)
+
+    state = init_train_state(model, config, example_shape, optimizer)
+    if resume_meta is not None:
+        state, meta = store.restore(state, config)
+        logging.info("Resumed from the checkpoint of step %d in %s.", meta["step"], workdir)
+    state = jax.device_put(state, parallel.replicated(mesh))
+    if is_writer:
+        config_lib.save(config, resolved, workdir)
+
+    multi_step = compile_train_step(model, config, sigmas, optimizer, mesh)
+    writer = logging_utils.MetricWriter(workdir, enabled=is_writer)
+    n_iters = config.training.n_iters
+    k = max(1, config.training.steps_per_call)
+    start = int(state.step)
+    accumulator = _MetricsAccumulator(len(sigmas))
+    last_log_time = time.time()
+    last_log_step = start
+
+    def meta_for(step: int) -> dict[str, Any]:
+        return {
+            "step": step,
+            "resolved": resolved,
+            "model": config_lib.model_signature(config),
+            "sigmas": np.asarray(sigmas).tolist(),
+            "example_shape": list(example_shape),
+        }
+
+    # Host calls end exactly on logging / checkpoint boundaries, so those happen at the same steps
+    # whatever steps_per_call is.
+    boundaries = (config.training.log_freq, config.training.snapshot_freq, config.training.preemption_freq)
+    step = start
+    with logging_utils.progress(total=n_iters, initial=start, desc="train", enabled=is_writer) as bar:
+        while step < n_iters:
+            n = _chunk_length(step, k, n_iters, boundaries)
+            local = np.stack(
+                [
+                    dataset.get_batch(
+                        step + i,
+                        config.training.batch_size,
+                        process_index=jax.process_index(),
+                        process_count=jax.process_count(),
+                    )
+                    for i in range(n)
+                ]
+            )
+            batches = parallel.global_batch(local, mesh, leading_axes=1)
+            state, metrics = multi_step(state, batches)
+            metrics = jax.tree.map(np.asarray, metrics)
+            step += n
+            bar.update(n)
+            accumulator.add(metrics)
+            nonfinite = int(state.nonfinite_count)
+            if not np.all(metrics["finite"]):
+                bad_step = step - n + int(np.argmin(metrics["finite"])) + 1
+                if nonfinite > config.training.nonfinite_tolerance:
+                    store.wait()
+                    raise TrainingDivergedError(
+                        f"non-finite loss or gradient at step {bad_step} "
+                        f"({nonfinite} so far, config.training.nonfinite_tolerance="
+                        f"{config.training.nonfinite_tolerance}); the update was not applied. Last good checkpoint: "
+                        f"{store.describe_latest()}. Lower config.optim.lr, set config.optim.grad_clip, or raise "
+                        "the tolerance to skip such steps."
+                    )
+                logging.warning(
+                    "Skipped a non-finite update at step %d (%d of %d allowed).",
+                    bad_step,
+                    nonfinite,
+                    config.training.nonfinite_tolerance,
+                )
+
+            if step % config.training.log_freq == 0 or step == n_iters:
+                summary = accumulator.summary()
+                now = time.time()
+                summary["steps_per_sec"] = (step - last_log_step) / max(now - last_log_time, 1e-9)
+                last_log_time, last_log_step = now, step
+                writer.write(step, summary, sigmas=np.asarray(sigmas))
+                bar.set_postfix(loss=f"{summary['loss']:.4g}")
+                accumulator = _MetricsAccumulator(len(sigmas))
+
+            periodic = step % config.training.snapshot_freq == 0 or step == n_iters
+            if periodic or step % config.training.preemption_freq == 0:
+                store.save(state, meta_for(step), periodic=periodic)
+            if periodic and config.training.snapshot_sampling:
+                snapshot_key = jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), step)
+                generate.write_snapshot(
+                    config,
+                    state.ema_params if config.sampling.use_ema else state.params,
+                    model,
+                    np.asarray(sigmas),
+                    snapshot_key,
+                    example_shape,
+                    mesh,
+                    os.path.join(workdir, "snapshots", str(step)),
+                )
+    store.wait()
+    writer.close()
+    return state
