@@ -60,7 +60,9 @@ def get_config() -> ml_collections.ConfigDict:
     training.snapshot_sampling = True
     training.keep_checkpoints = 5
     training.preemption_freq = 500  # frequent checkpoint that only the latest is kept of
-    training.steps_per_call = 1  # train steps per host->device call (lax.scan over stacked batches)
+    # Train steps per host->device call (lax.scan over stacked batches): >1 saves host round trips on
+    # GPU/TPU; keep 1 for conv nets on CPU (see ncsn_jax.train.make_multi_step).
+    training.steps_per_call = 1
     training.nonfinite_tolerance = (
         0  # non-finite losses/grads skipped before training stops (0: stop at once)
     )

@@ -28,7 +28,7 @@ def get_config():
     config.training.log_freq = 100
     config.training.snapshot_freq = 1000
     config.training.preemption_freq = 500
-    config.training.steps_per_call = 10
+    config.training.steps_per_call = 1  # see train.make_multi_step: CPU conv nets
 
     config.optim.lr = 1e-3
     config.optim.warmup = 100

@@ -144,11 +144,11 @@ def resolve_auto_fields(
 
 def apply_resolved(config: ml_collections.ConfigDict, resolved: dict[str, Any]) -> ml_collections.ConfigDict:
     """A copy of ``config`` with dotted fields (``"model.sigma_max"`` …) set to the values in ``resolved``."""
-    config = ml_collections.ConfigDict(config.to_dict())  # unlocked deep copy
+    fields = config.to_dict()  # a deep copy; plain dicts, so "auto" (a str) may become a number
     for dotted, value in resolved.items():
         section, field = dotted.split(".")
-        config[section][field] = value
-    return config
+        fields[section][field] = value
+    return ml_collections.ConfigDict(fields)
 
 
 def model_signature(config: ml_collections.ConfigDict) -> dict[str, Any]:

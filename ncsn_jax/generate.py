@@ -269,32 +269,41 @@ def _inpaint(config, params, model, sigmas, key, n, example_shape, mesh):
     score_fn = models.get_score_fn(model, {"params": params})
     run = jax.jit(
         lambda x_ref, x_init: sampling.annealed_langevin_inpainting(
-            score_fn, x_ref, mask, x_init, jnp.asarray(sigmas), chain_key, **_sampler_options(config)
+            score_fn,
+            x_ref,
+            mask,
+            x_init,
+            jnp.asarray(sigmas),
+            chain_key,
+            return_level_finite=True,
+            **_sampler_options(config),
         )
     )
-    samples = run(jax.device_put(x_ref, sharding), jax.device_put(x_init, sharding))
+    samples, level_finite = run(jax.device_put(x_ref, sharding), jax.device_put(x_init, sharding))
     samples = parallel.to_host(samples)
-    _check_finite(samples, sigmas, None)
+    _check_finite(samples, sigmas, np.asarray(level_finite))
     return samples, None
 
 
 def _interpolate(config, params, model, sigmas, key, example_shape):
-    """NCSNv2's interpolation: rows of samples whose noise interpolates between two seeds."""
+    """NCSNv2's interpolation: each row of ``n_interpolations`` chains shares its start and interpolates
+    its Langevin noise between two seeds; the grid is written row by row."""
     score_fn = models.get_score_fn(model, {"params": params})
     n_rows = max(1, config.sampling.batch_size // config.sampling.n_interpolations)
+    init_key, chain_key = jax.random.split(key)
+    x_init = initial_samples(config, init_key, (n_rows, *example_shape), float(sigmas[0]))
     run = jax.jit(
-        lambda key: sampling.interpolate(
+        lambda x_init: sampling.interpolate(
             score_fn,
-            key,
+            x_init,
             jnp.asarray(sigmas),
-            shape=example_shape,
-            n_rows=n_rows,
+            chain_key,
             n_interpolations=config.sampling.n_interpolations,
-            init_range=tuple(config.sampling.init_range),
+            return_level_finite=True,
             **_sampler_options(config),
         )
     )
-    samples = np.asarray(run(key))
-    samples = samples.reshape(-1, *example_shape)
-    _check_finite(samples, sigmas, None)
+    samples, level_finite = run(x_init)
+    samples = np.asarray(samples).reshape(-1, *example_shape)
+    _check_finite(samples, sigmas, np.asarray(level_finite))
     return samples, None

@@ -1,0 +1,632 @@
+"""Checkpoint conversion: the reference state dicts map one-to-one onto the Flax models, and a second
+implementation (the reference architectures re-typed in PyTorch) computes the same outputs after conversion.
+
+The reference state-dict listings (``*_state_dict.tsv``: key, shape, kind) are read from
+``$NCSN_JAX_REFERENCE_DIR``, ``tests/data/reference`` or the shared ``../shared/reference`` folder. The torch
+tests are skipped when PyTorch is not installed (``pip install "ncsn-jax[torch]"``).
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import pathlib
+import sys
+import types
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from ncsn_jax import models, noise
+from ncsn_jax.models import convert, layers, normalization
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+REFERENCE_DIRS = [os.environ.get("NCSN_JAX_REFERENCE_DIR", ""), REPO / "tests" / "data" / "reference",
+                  REPO.parent / "shared" / "reference"]
+
+
+def make_config(name, *, ngf, image_size, num_channels, num_scales, sigma_max, sigma_min=0.01):
+  config = ml_collections.ConfigDict()
+  config.data = ml_collections.ConfigDict(
+      dict(dataset="cifar10", image_size=image_size, num_channels=num_channels, centered=False))
+  config.model = ml_collections.ConfigDict(
+      dict(name=name, ngf=ngf, sigma_max=sigma_max, sigma_min=sigma_min, num_scales=num_scales,
+           dtype="float32", normalization="InstanceNorm++", nonlinearity="elu"))
+  return config
+
+
+# The reference repositories' configs (ncsn anneal.yml; ncsnv2 cifar10/celeba/bedroom/ffhq.yml).
+REFERENCE_CONFIGS = {
+    "ncsn_mnist": dict(name="ncsn", ngf=64, image_size=28, num_channels=1, num_scales=10, sigma_max=1.0),
+    "ncsn_cifar10": dict(name="ncsn", ngf=128, image_size=32, num_channels=3, num_scales=10, sigma_max=1.0),
+    "ncsnv2_cifar10": dict(name="ncsnv2", ngf=128, image_size=32, num_channels=3, num_scales=232,
+                           sigma_max=50.0),
+    "ncsnv2_celeba": dict(name="ncsnv2", ngf=128, image_size=64, num_channels=3, num_scales=500,
+                          sigma_max=90.0),
+    "ncsnv2deeper_lsun128": dict(name="ncsnv2_deeper", ngf=128, image_size=128, num_channels=3,
+                                 num_scales=1086, sigma_max=190.0),
+    "ncsnv2deepest_ffhq": dict(name="ncsnv2_deepest", ngf=128, image_size=256, num_channels=3,
+                               num_scales=2311, sigma_max=348.0),
+}
+
+
+def reference_listing(name: str) -> list[tuple[str, tuple[int, ...], str]]:
+  for directory in REFERENCE_DIRS:
+    path = pathlib.Path(directory) / f"{name}_state_dict.tsv" if directory else None
+    if path is not None and path.is_file():
+      rows = []
+      for line in path.read_text().splitlines():
+        if line.startswith("#") or not line.strip():
+          continue
+        key, shape, kind = line.split("\t")
+        rows.append((key, tuple(ast.literal_eval(shape)), kind))
+      return rows
+  pytest.skip(f"reference listing {name}_state_dict.tsv not found in {REFERENCE_DIRS}")
+
+
+def listing_state_dict(rows, config):
+  """A state dict with the listing's keys and shapes: parameter i is the constant i (zero-copy broadcast),
+  the ``sigmas`` buffer holds the config's noise levels."""
+  state = {}
+  for i, (key, shape, _) in enumerate(r for r in rows if r[2] == "parameter"):
+    state[key] = np.broadcast_to(np.float32(i), shape)
+  for key, shape, kind in rows:
+    if kind == "buffer":
+      assert key.endswith("sigmas"), key
+      sigmas = noise.geometric_sigmas(config.model.sigma_max, config.model.sigma_min, config.model.num_scales)
+      assert sigmas.shape == shape, (key, shape)  # the listing's table length matches the config
+      state[key] = sigmas
+  return state
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Every published state dict maps one-to-one onto the Flax parameters.
+# ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_CONFIGS))
+def test_reference_state_dict_maps_one_to_one(name):
+  rows = reference_listing(name)
+  config = make_config(**REFERENCE_CONFIGS[name])
+  state = listing_state_dict(rows, config)
+  params = convert.from_torch_state_dict(state, config)["params"]
+
+  parameters = [(key, shape) for key, shape, kind in rows if kind == "parameter"]
+  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+  assert len(leaves) == len(parameters)
+  assert models.count_params(params) == sum(int(np.prod(shape)) for _, shape in parameters)
+  # Each Flax parameter is constant and equal to the index of exactly one torch parameter of the right size.
+  received = []
+  for path, leaf in leaves:
+    value = float(leaf.reshape(-1)[0])
+    assert float(jnp.min(leaf)) == float(jnp.max(leaf)) == value, path
+    key, shape = parameters[int(value)]
+    assert int(np.prod(shape)) == leaf.size, (path, key)
+    received.append(int(value))
+  assert sorted(received) == list(range(len(parameters)))
+  # The abstract model agrees (shapes only, nothing allocated).
+  abstract = models.abstract_variables(models.create(config), (1, *models.example_shape(config)))["params"]
+  assert jax.tree.map(lambda a: a.shape, abstract) == jax.tree.map(lambda a: a.shape, params)
+
+
+def test_named_keys_land_where_expected():
+  rows = reference_listing("ncsn_cifar10")
+  config = make_config(**REFERENCE_CONFIGS["ncsn_cifar10"])
+  rng = np.random.default_rng(0)
+  state = {key: rng.standard_normal(shape).astype(np.float32) for key, shape, _ in rows}
+  params = convert.from_torch_state_dict(state, config)["params"]
+  # OIHW -> HWIO, element by element.
+  w = state["module.res2.0.conv2.conv.weight"]  # ConvMeanPool's conv: (256, 128, 3, 3)
+  k = np.asarray(params["res2_0"]["conv2"]["conv"]["kernel"])
+  assert k.shape == (3, 3, 128, 256)
+  np.testing.assert_array_equal(k[1, 2, 5, 7], w[7, 5, 1, 2])
+  np.testing.assert_array_equal(k, w.transpose(2, 3, 1, 0))
+  # The (levels, 3C) embedding table is copied unchanged.
+  np.testing.assert_array_equal(params["refine1"]["adapt_convs_0"]["1_1_norm"]["embed"]["embedding"],
+                                state["module.refine1.adapt_convs.0.1_1_norm.embed.weight"])
+  np.testing.assert_array_equal(params["refine2"]["msf"]["convs_1"]["bias"],
+                                state["module.refine2.msf.convs.1.bias"])
+  assert convert.torch_key(("res2_0", "shortcut", "conv_1", "kernel")) == "res2.0.shortcut.conv.1.weight"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Errors name the offending keys.
+# ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ncsnv2_state():
+  rows = reference_listing("ncsnv2_cifar10")
+  config = make_config(**REFERENCE_CONFIGS["ncsnv2_cifar10"])
+  return listing_state_dict(rows, config), config
+
+
+def test_missing_key_is_named(ncsnv2_state):
+  state, config = ncsnv2_state
+  broken = {k: v for k, v in state.items() if k != "module.refine3.msf.convs.0.bias"}
+  with pytest.raises(ValueError, match=r"missing from the checkpoint: refine3\.msf\.convs\.0\.bias "
+                                       r"\(expected shape \(128,\)\)"):
+    convert.from_torch_state_dict(broken, config)
+
+
+def test_wrong_shape_is_named(ncsnv2_state):
+  state, config = ncsnv2_state
+  broken = dict(state, **{"module.res1.0.conv1.weight": np.zeros((128, 128, 1, 1), np.float32)})
+  with pytest.raises(ValueError, match=r"res1\.0\.conv1\.weight: checkpoint \(128, 128, 1, 1\) != model "
+                                       r"\(128, 128, 3, 3\)"):
+    convert.from_torch_state_dict(broken, config)
+
+
+def test_unused_key_is_named(ncsnv2_state):
+  state, config = ncsnv2_state
+  broken = dict(state, **{"module.res5.0.conv1.weight": np.zeros((3, 3), np.float32)})
+  with pytest.raises(ValueError,
+                     match=r"1 checkpoint entry not used by model 'ncsnv2': res5\.0\.conv1\.weight"):
+    convert.from_torch_state_dict(broken, config)
+
+
+def test_sigma_table_mismatch_is_an_error(ncsnv2_state):
+  state, config = ncsnv2_state
+  with pytest.raises(ValueError, match="noise levels"):
+    convert.from_torch_state_dict(dict(state, **{"module.sigmas": state["module.sigmas"][:-1]}), config)
+  other = make_config(**dict(REFERENCE_CONFIGS["ncsnv2_cifar10"], sigma_max=90.0))
+  with pytest.raises(ValueError, match="sigma_max=90.0"):
+    convert.from_torch_state_dict(state, other)
+  # Without a sigma table to compare with ("auto" fields), the buffer is accepted.
+  auto = make_config(**dict(REFERENCE_CONFIGS["ncsnv2_cifar10"], num_scales="auto"))
+  assert "params" in convert.from_torch_state_dict(state, auto)
+
+
+def test_duplicate_prefixed_keys_are_an_error(ncsnv2_state):
+  state, config = ncsnv2_state
+  with pytest.raises(ValueError, match="twice"):
+    convert.from_torch_state_dict(dict(state, **{"end_conv.bias": state["module.end_conv.bias"]}), config)
+
+
+def test_missing_torch_gives_install_hint(monkeypatch, tmp_path):
+  monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` raise ImportError
+  with pytest.raises(ImportError, match=r'pip install "ncsn-jax\[torch\]".*torch==2\.13\.0'):
+    convert.load_torch_checkpoint(str(tmp_path / "checkpoint.pth"))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A second implementation: the reference architectures in PyTorch (re-typed from ermongroup/ncsn
+# models/cond_refinenet_dilated.py and ermongroup/ncsnv2 models/{layers,normalization,ncsnv2}.py).
+# ----------------------------------------------------------------------------------------------------------
+
+
+def build_torch_reference(torch):
+  nn, F = torch.nn, torch.nn.functional
+  from functools import partial
+
+  def conv3x3(i, o, bias=True):
+    return nn.Conv2d(i, o, 3, stride=1, padding=1, bias=bias)
+
+  def dilated_conv3x3(i, o, dilation, bias=True):
+    return nn.Conv2d(i, o, 3, padding=dilation, dilation=dilation, bias=bias)
+
+  class InstanceNorm2dPlus(nn.Module):
+    def __init__(self, c, bias=True):
+      super().__init__()
+      self.c = c
+      self.instance_norm = nn.InstanceNorm2d(c, affine=False, track_running_stats=False)
+      self.alpha = nn.Parameter(torch.zeros(c).normal_(1, 0.02))
+      self.gamma = nn.Parameter(torch.zeros(c).normal_(1, 0.02))
+      self.beta = nn.Parameter(torch.zeros(c))
+
+    def forward(self, x):
+      means = torch.mean(x, dim=(2, 3))
+      m = torch.mean(means, dim=-1, keepdim=True)
+      v = torch.var(means, dim=-1, keepdim=True)
+      means = (means - m) / torch.sqrt(v + 1e-5)
+      h = self.instance_norm(x) + means[..., None, None] * self.alpha[..., None, None]
+      return self.gamma.view(-1, self.c, 1, 1) * h + self.beta.view(-1, self.c, 1, 1)
+
+  class ConditionalInstanceNorm2dPlus(nn.Module):
+    def __init__(self, c, num_classes, bias=True):
+      super().__init__()
+      self.c = c
+      self.instance_norm = nn.InstanceNorm2d(c, affine=False, track_running_stats=False)
+      self.embed = nn.Embedding(num_classes, 3 * c)
+      self.embed.weight.data[:, :2 * c].normal_(1, 0.02)
+      self.embed.weight.data[:, 2 * c:].zero_()
+
+    def forward(self, x, y):
+      means = torch.mean(x, dim=(2, 3))
+      m = torch.mean(means, dim=-1, keepdim=True)
+      v = torch.var(means, dim=-1, keepdim=True)
+      means = (means - m) / torch.sqrt(v + 1e-5)
+      h = self.instance_norm(x)
+      gamma, alpha, beta = self.embed(y).chunk(3, dim=-1)
+      h = h + means[..., None, None] * alpha[..., None, None]
+      return gamma.view(-1, self.c, 1, 1) * h + beta.view(-1, self.c, 1, 1)
+
+  class ConvMeanPool(nn.Module):
+    def __init__(self, i, o, kernel_size=3, biases=True, adjust_padding=False):
+      super().__init__()
+      conv = nn.Conv2d(i, o, kernel_size, stride=1, padding=kernel_size // 2, bias=biases)
+      self.conv = nn.Sequential(nn.ZeroPad2d((1, 0, 1, 0)), conv) if adjust_padding else conv
+
+    def forward(self, x):
+      out = self.conv(x)
+      return sum([out[:, :, ::2, ::2], out[:, :, 1::2, ::2],
+                  out[:, :, ::2, 1::2], out[:, :, 1::2, 1::2]]) / 4.
+
+  class ResidualBlock(nn.Module):
+    """ncsnv2 ResidualBlock; with num_classes, ncsn's ConditionalResidualBlock (norms take (x, y))."""
+
+    def __init__(self, i, o, resample=None, normalization=None, adjust_padding=False, dilation=None,
+                 num_classes=None):
+      super().__init__()
+      self.act, self.i, self.o, self.resample = nn.ELU(), i, o, resample
+      norm = (lambda c: normalization(c, num_classes)) if num_classes else normalization
+      self.conditional = num_classes is not None
+      if resample == "down":
+        if dilation is not None:
+          self.conv1 = dilated_conv3x3(i, i, dilation)
+          self.normalize2 = norm(i)
+          self.conv2 = dilated_conv3x3(i, o, dilation)
+          shortcut = partial(dilated_conv3x3, dilation=dilation)
+        else:
+          self.conv1 = conv3x3(i, i)
+          self.normalize2 = norm(i)
+          self.conv2 = ConvMeanPool(i, o, 3, adjust_padding=adjust_padding)
+          shortcut = partial(ConvMeanPool, kernel_size=1, adjust_padding=adjust_padding)
+      else:
+        if dilation is not None:
+          shortcut = partial(dilated_conv3x3, dilation=dilation)
+          self.conv1 = dilated_conv3x3(i, o, dilation)
+          self.normalize2 = norm(o)
+          self.conv2 = dilated_conv3x3(o, o, dilation)
+        else:
+          shortcut = partial(nn.Conv2d, kernel_size=1)
+          self.conv1 = conv3x3(i, o)
+          self.normalize2 = norm(o)
+          self.conv2 = conv3x3(o, o)
+      if o != i or resample is not None:
+        self.shortcut = shortcut(i, o)
+      self.normalize1 = norm(i)
+
+    def _norm(self, layer, x, y):
+      return layer(x, y) if self.conditional else layer(x)
+
+    def forward(self, x, y=None):
+      out = self.conv1(self.act(self._norm(self.normalize1, x, y)))
+      out = self.conv2(self.act(self._norm(self.normalize2, out, y)))
+      short = x if (self.o == self.i and self.resample is None) else self.shortcut(x)
+      return short + out
+
+  class RCUBlock(nn.Module):
+    def __init__(self, c, n_blocks, n_stages, num_classes=None, normalizer=None):
+      super().__init__()
+      for i in range(n_blocks):
+        for j in range(n_stages):
+          if num_classes:
+            setattr(self, f"{i + 1}_{j + 1}_norm", normalizer(c, num_classes))
+          setattr(self, f"{i + 1}_{j + 1}_conv", conv3x3(c, c, bias=False))
+      self.n_blocks, self.n_stages, self.act, self.cond = n_blocks, n_stages, nn.ELU(), bool(num_classes)
+
+    def forward(self, x, y=None):
+      for i in range(self.n_blocks):
+        residual = x
+        for j in range(self.n_stages):
+          if self.cond:
+            x = getattr(self, f"{i + 1}_{j + 1}_norm")(x, y)
+          x = getattr(self, f"{i + 1}_{j + 1}_conv")(self.act(x))
+        x = x + residual
+      return x
+
+  class CRPBlock(nn.Module):
+    def __init__(self, c, n_stages, num_classes=None, normalizer=None):
+      super().__init__()
+      self.convs = nn.ModuleList([conv3x3(c, c, bias=False) for _ in range(n_stages)])
+      self.cond = bool(num_classes)
+      if self.cond:  # ncsn's CondCRPBlock: conditional norms and *average* pooling
+        self.norms = nn.ModuleList([normalizer(c, num_classes) for _ in range(n_stages)])
+        self.pool = nn.AvgPool2d(kernel_size=5, stride=1, padding=2)
+      else:
+        self.pool = nn.MaxPool2d(kernel_size=5, stride=1, padding=2)
+      self.act = nn.ELU()
+
+    def forward(self, x, y=None):
+      x = self.act(x)
+      path = x
+      for i, conv in enumerate(self.convs):
+        if self.cond:
+          path = self.norms[i](path, y)
+        path = conv(self.pool(path))
+        x = path + x
+      return x
+
+  class MSFBlock(nn.Module):
+    def __init__(self, in_planes, features, num_classes=None, normalizer=None):
+      super().__init__()
+      self.convs = nn.ModuleList([conv3x3(c, features, bias=True) for c in in_planes])
+      self.cond = bool(num_classes)
+      if self.cond:
+        self.norms = nn.ModuleList([normalizer(c, num_classes) for c in in_planes])
+      self.features = features
+
+    def forward(self, xs, y, shape):
+      sums = torch.zeros(xs[0].shape[0], self.features, *shape)
+      for i, conv in enumerate(self.convs):
+        h = self.norms[i](xs[i], y) if self.cond else xs[i]
+        sums = sums + F.interpolate(conv(h), size=shape, mode="bilinear", align_corners=True)
+      return sums
+
+  class RefineBlock(nn.Module):
+    def __init__(self, in_planes, features, start=False, end=False, num_classes=None, normalizer=None):
+      super().__init__()
+      cond = dict(num_classes=num_classes, normalizer=normalizer)
+      self.adapt_convs = nn.ModuleList([RCUBlock(c, 2, 2, **cond) for c in in_planes])
+      self.output_convs = RCUBlock(features, 3 if end else 1, 2, **cond)
+      if not start:
+        self.msf = MSFBlock(in_planes, features, **cond)
+      self.crp = CRPBlock(features, 2, **cond)
+
+    def forward(self, xs, y, output_shape):
+      hs = [self.adapt_convs[i](x, y) for i, x in enumerate(xs)]
+      h = self.msf(hs, y, output_shape) if len(xs) > 1 else hs[0]
+      return self.output_convs(self.crp(h, y), y)
+
+  class RefineNet(nn.Module):
+    """NCSNv2 / NCSNv2Deepest (unconditional, output / sigmas[y]) or CondRefineNetDilated (conditional)."""
+
+    def __init__(self, kind, ngf, channels, image_size, sigmas):
+      super().__init__()
+      self.kind, self.ngf = kind, ngf
+      self.register_buffer("sigmas", torch.tensor(sigmas))
+      conditional = kind == "ncsn"
+      num_classes = len(sigmas) if conditional else None
+      if conditional:
+        norm = ConditionalInstanceNorm2dPlus
+        cond = dict(num_classes=num_classes, normalizer=norm)
+        self.normalizer = norm(ngf, num_classes)
+      else:
+        norm, cond = InstanceNorm2dPlus, {}
+        self.normalizer = norm(ngf)
+      rb = lambda *a, **k: ResidualBlock(*a, normalization=norm, num_classes=num_classes, **k)
+      self.begin_conv = nn.Conv2d(channels, ngf, 3, stride=1, padding=1)
+      self.end_conv = nn.Conv2d(ngf, channels, 3, stride=1, padding=1)
+      self.res1 = nn.ModuleList([rb(ngf, ngf), rb(ngf, ngf)])
+      self.res2 = nn.ModuleList([rb(ngf, 2 * ngf, resample="down"), rb(2 * ngf, 2 * ngf)])
+      if kind == "ncsnv2_deepest":
+        self.res3 = nn.ModuleList([rb(2 * ngf, 2 * ngf, resample="down"), rb(2 * ngf, 2 * ngf)])
+        self.res31 = nn.ModuleList([rb(2 * ngf, 2 * ngf, resample="down"), rb(2 * ngf, 2 * ngf)])
+        self.res4 = nn.ModuleList([rb(2 * ngf, 4 * ngf, resample="down", dilation=2),
+                                   rb(4 * ngf, 4 * ngf, dilation=2)])
+        self.res5 = nn.ModuleList([rb(4 * ngf, 4 * ngf, resample="down", dilation=4),
+                                   rb(4 * ngf, 4 * ngf, dilation=4)])
+        self.refine1 = RefineBlock([4 * ngf], 4 * ngf, start=True)
+        self.refine2 = RefineBlock([4 * ngf, 4 * ngf], 2 * ngf)
+        self.refine31 = RefineBlock([2 * ngf, 2 * ngf], 2 * ngf)
+        self.refine3 = RefineBlock([2 * ngf, 2 * ngf], 2 * ngf)
+        self.refine4 = RefineBlock([2 * ngf, 2 * ngf], ngf)
+        self.refine5 = RefineBlock([ngf, ngf], ngf, end=True)
+      else:
+        self.res3 = nn.ModuleList([rb(2 * ngf, 2 * ngf, resample="down", dilation=2),
+                                   rb(2 * ngf, 2 * ngf, dilation=2)])
+        self.res4 = nn.ModuleList([rb(2 * ngf, 2 * ngf, resample="down", dilation=4,
+                                      adjust_padding=image_size == 28),
+                                   rb(2 * ngf, 2 * ngf, dilation=4)])
+        self.refine1 = RefineBlock([2 * ngf], 2 * ngf, start=True, **cond)
+        self.refine2 = RefineBlock([2 * ngf, 2 * ngf], 2 * ngf, **cond)
+        self.refine3 = RefineBlock([2 * ngf, 2 * ngf], ngf, **cond)
+        self.refine4 = RefineBlock([ngf, ngf], ngf, end=True, **cond)
+
+    def forward(self, x, y):
+      run = lambda blocks, h: blocks[1](blocks[0](h, y), y)
+      h = self.begin_conv(2 * x - 1.0)
+      l1 = run(self.res1, h)
+      l2 = run(self.res2, l1)
+      l3 = run(self.res3, l2)
+      if self.kind == "ncsnv2_deepest":
+        l31 = run(self.res31, l3)
+        l4 = run(self.res4, l31)
+        l5 = run(self.res5, l4)
+        r1 = self.refine1([l5], y, l5.shape[2:])
+        r2 = self.refine2([l4, r1], y, l4.shape[2:])
+        r31 = self.refine31([l31, r2], y, l31.shape[2:])
+        r3 = self.refine3([l3, r31], y, l3.shape[2:])
+        r4 = self.refine4([l2, r3], y, l2.shape[2:])
+        out = self.refine5([l1, r4], y, l1.shape[2:])
+      else:
+        l4 = run(self.res4, l3)
+        r1 = self.refine1([l4], y, l4.shape[2:])
+        r2 = self.refine2([l3, r1], y, l3.shape[2:])
+        r3 = self.refine3([l2, r2], y, l2.shape[2:])
+        out = self.refine4([l1, r3], y, l1.shape[2:])
+      if self.kind == "ncsn":
+        return self.end_conv(F.elu(self.normalizer(out, y)))
+      out = self.end_conv(F.elu(self.normalizer(out)))
+      return out / self.sigmas[y].view(x.shape[0], 1, 1, 1)
+
+  return types.SimpleNamespace(**{k: v for k, v in locals().items() if isinstance(v, type)})
+
+
+@pytest.fixture(scope="module")
+def torch_ref():
+  torch = pytest.importorskip("torch")
+  torch.manual_seed(0)
+  return torch, build_torch_reference(torch)
+
+
+def randomize_norm_parameters(torch, module):
+  """Moves the normalisation parameters off their initial values (beta = 0, gamma ~ alpha ~ 1), so that
+  a swapped gamma / alpha / beta would show."""
+  with torch.no_grad():
+    for name, p in module.named_parameters():
+      if name.endswith(("alpha", "gamma", "beta", "embed.weight")):
+        p.copy_(p + 0.3 * torch.randn_like(p))
+
+
+def nchw(x):
+  return np.ascontiguousarray(np.transpose(np.asarray(x), (0, 3, 1, 2)))
+
+
+def nhwc(t):
+  return np.transpose(t.detach().numpy(), (0, 2, 3, 1))
+
+
+def run_flax_block(block, torch_module, *args):
+  """Initialises ``block`` abstractly, loads ``torch_module``'s weights and applies it to ``args``."""
+  abstract = jax.eval_shape(lambda: block.init(jax.random.PRNGKey(0), *args))["params"]
+  params, leftover = convert.map_state_dict(torch_module.state_dict(), abstract)
+  assert not leftover, leftover
+  return np.asarray(block.apply({"params": params}, *args))
+
+
+def assert_close(flax_out, torch_out):
+  scale = float(np.max(np.abs(torch_out)))
+  np.testing.assert_allclose(flax_out, torch_out, rtol=1e-4, atol=1e-4 * scale)
+
+
+@pytest.fixture(scope="module")
+def feature_batch():
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(3, 8, 8, 6)) * np.linspace(0.5, 2.0, 6) + np.linspace(-1.0, 2.0, 6)
+  return x.astype(np.float32), np.array([0, 3, 1])
+
+
+def test_instance_norms_match_torch(torch_ref, feature_batch):
+  torch, ref = torch_ref
+  x, y = feature_batch
+  t_norm = ref.InstanceNorm2dPlus(6)
+  randomize_norm_parameters(torch, t_norm)
+  out = run_flax_block(normalization.InstanceNormPlus(), t_norm, x)
+  assert_close(out, nhwc(t_norm(torch.from_numpy(nchw(x)))))
+
+  t_cond = ref.ConditionalInstanceNorm2dPlus(6, 4)
+  randomize_norm_parameters(torch, t_cond)
+  out = run_flax_block(normalization.ConditionalInstanceNormPlus(num_classes=4), t_cond, x, y)
+  assert_close(out, nhwc(t_cond(torch.from_numpy(nchw(x)), torch.from_numpy(y))))
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_refinenet_blocks_match_torch(torch_ref, feature_batch, conditional):
+  torch, ref = torch_ref
+  x, y = feature_batch
+  tx, ty = torch.from_numpy(nchw(x)), torch.from_numpy(y)
+  num_classes = 4 if conditional else None
+  cond = dict(num_classes=num_classes, normalizer=ref.ConditionalInstanceNorm2dPlus)
+  norm = (normalization.get_normalization("InstanceNorm++", conditional=True, num_classes=4)
+          if conditional else None)
+  flax_y = y if conditional else None
+
+  t_crp = ref.CRPBlock(6, 2, **cond)
+  randomize_norm_parameters(torch, t_crp)
+  crp = layers.CRPBlock(2, pool="avg" if conditional else "max", normalization=norm)
+  assert_close(run_flax_block(crp, t_crp, x, flax_y), nhwc(t_crp(tx, ty)))
+
+  t_rcu = ref.RCUBlock(6, 2, 2, **cond)
+  randomize_norm_parameters(torch, t_rcu)
+  rcu = layers.RCUBlock(2, 2, normalization=norm)
+  assert_close(run_flax_block(rcu, t_rcu, x, flax_y), nhwc(t_rcu(tx, ty)))
+
+  # Multi-resolution fusion of an 8x8 and a 5x5 input onto 8x8 (bilinear, align_corners=True).
+  small = np.random.default_rng(2).normal(size=(3, 5, 5, 4)).astype(np.float32)
+  t_msf = ref.MSFBlock([6, 4], 7, **cond)
+  randomize_norm_parameters(torch, t_msf)
+  msf = layers.MSFBlock(7, normalization=norm)
+  out = run_flax_block(msf, t_msf, [x, small], flax_y, (8, 8))
+  assert_close(out, nhwc(t_msf([tx, torch.from_numpy(nchw(small))], ty, (8, 8))))
+
+
+@pytest.mark.parametrize("resample, dilation, adjust_padding, size", [
+    ("down", None, False, 8),   # ConvMeanPool conv + 1x1 ConvMeanPool shortcut
+    ("down", 2, False, 8),      # dilated: 3x3 dilated shortcut, no downsampling
+    ("down", None, True, 7),    # ZeroPad2d((1, 0, 1, 0)) before the conv: 7 -> 8 -> 4
+    (None, None, False, 8),     # width change: 1x1 shortcut
+    (None, 4, False, 8),        # dilated, width change: dilated 3x3 shortcut
+])
+@pytest.mark.parametrize("conditional", [False, True])
+def test_residual_blocks_match_torch(torch_ref, resample, dilation, adjust_padding, size, conditional):
+  torch, ref = torch_ref
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(2, size, size, 4)).astype(np.float32)
+  y = np.array([2, 0])
+  if conditional:
+    t_block = ref.ResidualBlock(4, 6, resample=resample, normalization=ref.ConditionalInstanceNorm2dPlus,
+                                adjust_padding=adjust_padding, dilation=dilation, num_classes=3)
+    norm = normalization.get_normalization("InstanceNorm++", conditional=True, num_classes=3)
+  else:
+    t_block = ref.ResidualBlock(4, 6, resample=resample, normalization=ref.InstanceNorm2dPlus,
+                                adjust_padding=adjust_padding, dilation=dilation)
+    norm = normalization.get_normalization("InstanceNorm++", conditional=False)
+  randomize_norm_parameters(torch, t_block)
+  block = layers.ResidualBlock(6, normalization=norm, resample=resample, dilation=dilation,
+                               adjust_padding=adjust_padding)
+  out = run_flax_block(block, t_block, x, y if conditional else None)
+  expected = nhwc(t_block(torch.from_numpy(nchw(x)), torch.from_numpy(y)))
+  assert out.shape == expected.shape
+  assert_close(out, expected)
+
+
+@pytest.mark.parametrize("kind, ngf, image_size", [("ncsn", 8, 16), ("ncsnv2", 8, 16),
+                                                   ("ncsnv2_deepest", 4, 16)])
+def test_whole_networks_match_torch_after_conversion(torch_ref, kind, ngf, image_size):
+  torch, ref = torch_ref
+  config = make_config(kind, ngf=ngf, image_size=image_size, num_channels=3, num_scales=5, sigma_max=2.0)
+  sigmas = noise.geometric_sigmas(2.0, 0.01, 5)
+  t_model = ref.RefineNet(kind, ngf, 3, image_size, sigmas)
+  randomize_norm_parameters(torch, t_model)
+  state = {f"module.{k}": v for k, v in t_model.state_dict().items()}  # as saved under DataParallel
+  if kind == "ncsn":
+    del state["module.sigmas"]  # NCSN's model has no sigma buffer
+  variables = convert.from_torch_state_dict(state, config)
+
+  rng = np.random.default_rng(4)
+  x = rng.uniform(size=(3, image_size, image_size, 3)).astype(np.float32)
+  y = np.array([0, 2, 4])
+  expected = nhwc(t_model(torch.from_numpy(nchw(x)), torch.from_numpy(y)))
+  model = models.create(config)
+  out = np.asarray(models.get_score_fn(model, variables)(jnp.asarray(x), jnp.asarray(sigmas[y])))
+  assert_close(out, expected)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reading the reference runners' .pth files.
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_load_torch_checkpoint_formats(torch_ref, tmp_path):
+  torch, ref = torch_ref
+  sigmas = noise.geometric_sigmas(2.0, 0.01, 5)
+  t_model = ref.RefineNet("ncsnv2", 4, 1, 8, sigmas)
+  optimizer = torch.optim.Adam(t_model.parameters(), lr=1e-3)
+  t_model(torch.rand(2, 1, 8, 8), torch.tensor([0, 1])).square().mean().backward()
+  optimizer.step()
+  model_state = {f"module.{k}": v for k, v in t_model.state_dict().items()}
+  # EMAHelper's shadow: parameters only, keys without "module.", values slightly different.
+  ema_state = {k: v.detach().clone() * 0.5 for k, v in t_model.named_parameters()}
+
+  ncsnv2_path = tmp_path / "checkpoint_v2.pth"
+  torch.save([model_state, optimizer.state_dict(), 7, 1234, ema_state], ncsnv2_path)
+  loaded = convert.load_torch_checkpoint(str(ncsnv2_path))
+  assert loaded["step"] == 1234 and loaded["epoch"] == 7
+  assert set(loaded["model"]) == set(model_state) and set(loaded["ema"]) == set(ema_state)
+  assert all(isinstance(v, np.ndarray) for v in loaded["model"].values())
+  np.testing.assert_array_equal(loaded["model"]["module.begin_conv.weight"],
+                                model_state["module.begin_conv.weight"].numpy())
+
+  config = make_config("ncsnv2", ngf=4, image_size=8, num_channels=1, num_scales=5, sigma_max=2.0)
+  params = convert.from_torch_state_dict(loaded["model"], config)["params"]
+  ema = convert.from_torch_state_dict(loaded["ema"], config)["params"]
+  np.testing.assert_allclose(ema["end_conv"]["bias"], 0.5 * np.asarray(params["end_conv"]["bias"]), rtol=1e-6)
+
+  ncsn_path = tmp_path / "checkpoint_v1.pth"  # NCSN saves [model_state, optimizer_state]
+  torch.save([model_state, optimizer.state_dict()], ncsn_path)
+  loaded = convert.load_torch_checkpoint(str(ncsn_path))
+  assert loaded["ema"] is None and loaded["step"] is None and set(loaded["model"]) == set(model_state)
+
+  bare_path = tmp_path / "state_dict.pth"
+  torch.save(t_model.state_dict(), bare_path)
+  assert set(convert.load_torch_checkpoint(str(bare_path))["model"]) == set(t_model.state_dict())
+
+  bad_path = tmp_path / "bad.pth"
+  torch.save([1, 2, 3], bad_path)
+  with pytest.raises(ValueError, match="model state dict"):
+    convert.load_torch_checkpoint(str(bad_path))
