@@ -18,6 +18,7 @@ def get_config():
     config.model.name = "mlp"
     config.model.hidden_dims = (128, 128, 128)
     config.model.sigma_conditioning = "embedding"
+    config.model.data_std = 4.0  # per-coordinate std of the mixture: sqrt(1 + 25 - (0.6 * 5)^2) ≈ 4.1
     config.model.sigma_max = 20.0
     config.model.sigma_min = 1.0
     config.model.num_scales = 10
