@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import os
 
-from absl import app
-from absl import flags
-from absl import logging
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from ncsn_jax import cli_errors

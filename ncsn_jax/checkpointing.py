@@ -2,20 +2,39 @@
 
 Layout under a workdir::
 
-        checkpoints/<step>/{state,meta}              every snapshot_freq steps, the newest keep_checkpoints kept
-        checkpoints-preemption/<step>/{state,meta}   every preemption_freq steps, only the newest kept
+    checkpoints/<step>/{state,meta}              every snapshot_freq steps, the newest keep_checkpoints kept
+    checkpoints-preemption/<step>/{state,meta}   every preemption_freq steps, only the newest kept
+    checkpoints-unreadable/                      corrupted checkpoints a training run moved aside
 
 ``state`` is the whole :class:`ncsn_jax.train.TrainState` (params, EMA, optimizer state, step, key);
-``meta`` is JSON: the step, the values of ``"auto"`` config fields, the noise levels and the config fields that
-fix parameter shapes. orbax writes into a temporary directory and renames it when complete, so a save that is
-interrupted never becomes a checkpoint. A restart resumes from the newest checkpoint of either kind; a
-checkpoint that cannot be read is skipped with a warning in favour of the next older one.
+``meta`` is JSON: the step, the values of ``"auto"`` config fields, the noise levels and the config fields
+that fix parameter shapes.
+
+Crash safety:
+
+* orbax writes a checkpoint into ``<step>.orbax-checkpoint-tmp*`` and renames it to ``<step>`` only when
+  every file is complete, so a save interrupted at any point (``kill -9``, preemption, full disk) never
+  becomes a checkpoint: the next start ignores the temporary directory and removes it.
+* A restart resumes from the newest *readable* checkpoint of either kind. One that cannot be read (truncated
+  or missing files) is skipped with a warning in favour of the next older one; a training run then moves it
+  to ``checkpoints-unreadable/`` (nothing is deleted) so that the step is written anew when training gets
+  there again. ``--mode=sample`` only reads. Reading a corrupted checkpoint makes tensorstore print one
+  "Event loop is closed" traceback per pending array after orbax has raised; those (only those) are dropped.
+
+Test hook: with the environment variable ``NCSN_TEST_PAUSE_IN_SAVE=<step>``, the save of the checkpoint of
+that step stops after all its files are written into the temporary directory and before orbax renames it,
+printing :data:`PAUSE_MARKER` to stderr and sleeping; ``tests/test_preemption.py`` kills the process there.
+Unset (always, outside those tests), nothing changes.
 """
 
 from __future__ import annotations
 
+import logging as python_logging
 import os
 import shutil
+import socket
+import sys
+import time
 from typing import Any
 
 import jax
@@ -23,9 +42,15 @@ import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
 
+from ncsn_jax import parallel
+
 PERIODIC_DIR = "checkpoints"
 PREEMPTION_DIR = "checkpoints-preemption"
+UNREADABLE_DIR = "checkpoints-unreadable"
+KIND_DIRS = {"periodic": PERIODIC_DIR, "preemption": PREEMPTION_DIR}
 MIN_FREE_BYTES = 256 * 2**20
+PAUSE_IN_SAVE_ENV = "NCSN_TEST_PAUSE_IN_SAVE"
+PAUSE_MARKER = "NCSN_TEST_PAUSE_IN_SAVE: paused before finalising"
 
 
 class CheckpointNotFoundError(FileNotFoundError):
@@ -40,7 +65,8 @@ def ensure_writable(workdir: str, min_free_bytes: int = MIN_FREE_BYTES) -> None:
     """Create ``workdir`` and fail early, with a clear message, if it cannot hold checkpoints."""
     try:
         os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, ".write_probe")
+        # One probe per process: the processes of a multi-host run share the workdir.
+        probe = os.path.join(workdir, f".write_probe.{socket.gethostname()}.{os.getpid()}")
         with open(probe, "w") as f:
             f.write("ok")
         os.remove(probe)
@@ -56,15 +82,102 @@ def ensure_writable(workdir: str, min_free_bytes: int = MIN_FREE_BYTES) -> None:
         )
 
 
-def _manager(directory: str, keep: int | None, *, read_only: bool = False) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=not read_only, read_only=read_only, enable_async_checkpointing=False
-    )
+class _PauseInSave:
+    """The test hook of the module docstring, wrapped around one state handler's ``finalize``.
+
+    orbax's composite handler calls ``finalize`` of each item after all files are in the temporary
+    directory and before the renames that make the checkpoint final. (A subclass of the handler would not
+    do: orbax matches save arguments to handlers by exact class.)
+    """
+
+    def __init__(self, handler: ocp.StandardCheckpointHandler, pause_step: int):
+        self.pause_step = pause_step
+        self.saving_step: int | None = None
+        self._finalize = handler.finalize
+        handler.finalize = self._finalize_or_pause
+
+    def _finalize_or_pause(self, directory) -> None:
+        if self.saving_step == self.pause_step:
+            print(f"{PAUSE_MARKER} step {self.saving_step} in {directory}", file=sys.stderr, flush=True)
+            while True:
+                time.sleep(60)
+        self._finalize(directory)
+
+
+class _DropReadOnlyNotice(python_logging.Filter):
+    """orbax warns "Given directory is read only" for every read-only manager, i.e. on every --mode=sample."""
+
+    def filter(self, record: python_logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Given directory is read only")
+
+
+_READ_ONLY_NOTICE_FILTER = _DropReadOnlyNotice()
+
+
+def _manager(
+    directory: str, keep: int | None, state_handler: ocp.StandardCheckpointHandler, *, read_only: bool
+) -> ocp.CheckpointManager:
+    if read_only:  # the values orbax would otherwise force, with a warning each
+        python_logging.getLogger("absl").addFilter(_READ_ONLY_NOTICE_FILTER)  # idempotent
+        options = ocp.CheckpointManagerOptions(
+            read_only=True,
+            create=False,
+            save_interval_steps=0,
+            max_to_keep=None,
+            enable_async_checkpointing=False,
+        )
+    else:
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep,
+            create=True,
+            enable_async_checkpointing=False,
+            cleanup_tmp_directories=True,  # leftovers of an interrupted save
+        )
     return ocp.CheckpointManager(
         directory,
         options=options,
-        item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
+        item_handlers={"state": state_handler, "meta": ocp.JsonCheckpointHandler()},
     )
+
+
+def _is_closed_loop_noise(unraisable: Any) -> bool:
+    """tensorstore's late callbacks into orbax's finished event loop after a failed read (harmless)."""
+    exc = unraisable.exc_value
+    if not isinstance(exc, RuntimeError) or str(exc) != "Event loop is closed":
+        return False
+    tb = unraisable.exc_traceback
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and f"asyncio{os.sep}base_events.py" in tb.tb_frame.f_code.co_filename
+
+
+def _silence_closed_loop_noise() -> None:
+    """Drop the "Event loop is closed" tracebacks (one per pending array) that reading a corrupted
+    checkpoint makes tensorstore print after orbax has already raised; other unraisable errors still show."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_ncsn_filter", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        if not _is_closed_loop_noise(unraisable):
+            previous(unraisable)
+
+    hook._ncsn_filter = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
+def _short(error: BaseException) -> str:
+    """The first line of an error message, without tensorstore's appended object dumps."""
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    text = text.split(" See full TensorStore details")[0]
+    return f"{type(error).__name__}: {text[:240]}"
+
+
+def _sync_processes(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+        multihost_utils.sync_global_devices(name)
 
 
 def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
@@ -78,21 +191,41 @@ class CheckpointStore:
     def __init__(self, workdir: str, *, keep: int = 5, read_only: bool = False):
         self.workdir = os.path.abspath(workdir)
         self._read_only = read_only
-        paths = {
-            "periodic": os.path.join(self.workdir, PERIODIC_DIR),
-            "preemption": os.path.join(self.workdir, PREEMPTION_DIR),
-        }
         self._managers: dict[str, ocp.CheckpointManager] = {}
-        for kind, path in paths.items():
+        self._pause_hooks: dict[str, _PauseInSave] = {}
+        self._unreadable: dict[tuple[int, str], str] = {}  # (step, kind) -> why, warned about once
+        self.restored_from: str | None = None  # path of the checkpoint restore() returned
+        _silence_closed_loop_noise()
+        for kind, subdir in KIND_DIRS.items():
+            path = os.path.join(self.workdir, subdir)
             if read_only and not os.path.isdir(path):
                 continue
-            self._managers[kind] = _manager(path, keep if kind == "periodic" else 1, read_only=read_only)
+            state_handler = ocp.StandardCheckpointHandler()
+            pause_step = os.environ.get(PAUSE_IN_SAVE_ENV)
+            if pause_step and not read_only:
+                self._pause_hooks[kind] = _PauseInSave(state_handler, int(pause_step))
+            self._managers[kind] = _manager(
+                path, keep if kind == "periodic" else 1, state_handler, read_only=read_only
+            )
+
+    def path(self, step: int, kind: str) -> str:
+        return os.path.join(self.workdir, KIND_DIRS[kind], str(step))
 
     # -- discovery ---------------------------------------------------------------------------------------
     def _candidates(self) -> list[tuple[int, str]]:
-        """(step, kind) of every checkpoint, newest first (periodic before preemption at equal steps)."""
+        """(step, kind) of every finalised checkpoint, newest first (periodic first at equal steps)."""
         found = [(step, kind) for kind, m in self._managers.items() for step in m.all_steps()]
         return sorted(found, key=lambda c: (c[0], c[1] == "periodic"), reverse=True)
+
+    def _mark_unreadable(self, step: int, kind: str, error: BaseException) -> None:
+        if (step, kind) in self._unreadable:
+            return
+        self._unreadable[(step, kind)] = _short(error)
+        logging.warning(
+            "The checkpoint %s cannot be read (%s); skipping it.",
+            self.path(step, kind),
+            _short(error),
+        )
 
     def _read_meta(self, step: int, kind: str) -> dict[str, Any]:
         restored = self._managers[kind].restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
@@ -101,37 +234,54 @@ class CheckpointStore:
     def _readable(self) -> list[tuple[int, str, dict[str, Any]]]:
         readable = []
         for step, kind in self._candidates():
+            if (step, kind) in self._unreadable:
+                continue
             try:
                 readable.append((step, kind, self._read_meta(step, kind)))
             except Exception as e:  # pylint: disable=broad-except
-                logging.warning(
-                    "Checkpoint %s/%d cannot be read (%s: %s); falling back to an older one.",
-                    kind,
-                    step,
-                    type(e).__name__,
-                    str(e).splitlines()[0][:200],
-                )
+                self._mark_unreadable(step, kind, e)
         return readable
 
     def latest_meta(self) -> dict[str, Any] | None:
-        """Metadata of the newest readable checkpoint, or ``None`` when the workdir has none."""
+        """Metadata of the newest readable checkpoint, or ``None`` when the workdir has no checkpoint.
+
+        Raises:
+            CheckpointNotFoundError: there are checkpoints but none can be read (training must not silently
+                start over next to them).
+        """
         readable = self._readable()
-        return readable[0][2] if readable else None
+        if readable:
+            return readable[0][2]
+        if self._unreadable:
+            raise CheckpointNotFoundError(self._none_readable_message())
+        return None
+
+    def _none_readable_message(self) -> str:
+        reasons = "\n".join(f"  {self.path(s, k)}: {why}" for (s, k), why in self._unreadable.items())
+        return (
+            f"None of the checkpoints in {self.workdir} can be read:\n{reasons}\n"
+            "Move them out of the way (or choose another --workdir) to start afresh; they are left as they "
+            "are."
+        )
 
     def describe_latest(self) -> str:
-        candidates = self._candidates()
+        """Where the newest readable checkpoint is, for messages."""
+        candidates = [c for c in self._candidates() if c not in self._unreadable]
         if not candidates:
             return "none (no checkpoint was written yet)"
         step, kind = candidates[0]
-        return f"step {step} in {os.path.join(self.workdir, PERIODIC_DIR if kind == 'periodic' else PREEMPTION_DIR)}"
+        return f"step {step} in {os.path.join(self.workdir, KIND_DIRS[kind])}"
 
     # -- save / restore ----------------------------------------------------------------------------------
     def save(self, state: Any, meta: dict[str, Any], *, periodic: bool) -> None:
         """Save ``state`` with ``meta`` as a periodic (kept) or a preemption (newest only) checkpoint."""
         step = int(meta["step"])
-        manager = self._managers["periodic" if periodic else "preemption"]
+        kind = "periodic" if periodic else "preemption"
+        manager = self._managers[kind]
         if step in manager.all_steps():
             return
+        if kind in self._pause_hooks:
+            self._pause_hooks[kind].saving_step = step
         manager.save(
             step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         )
@@ -145,21 +295,28 @@ class CheckpointStore:
     ) -> tuple[Any, dict[str, Any]]:
         """Restore the newest readable checkpoint into the structure of ``template``.
 
+        Checkpoints that cannot be read are skipped with a warning; a writable store (training) moves those
+        it found to ``checkpoints-unreadable/``, so that their steps are saved anew.
+
         Raises:
             CheckpointNotFoundError: no readable checkpoint.
             CheckpointMismatchError: the checkpoint's parameter shapes differ from ``template``'s.
         """
         readable = self._readable()
-        if not readable:
+        if not readable and not self._unreadable:
             raise CheckpointNotFoundError(
-                f"No checkpoint in {self.workdir}. Train first (--mode=train with this --workdir) or convert the "
-                "authors' weights (python -m ncsn_jax.convert_torch)."
+                f"No checkpoint in {self.workdir}. Train first (--mode=train with this --workdir) or convert "
+                "the authors' weights (python -m ncsn_jax.convert_torch)."
             )
-        last_error: Exception | None = None
+        # Restore replicated over this run's devices, whatever device or process count wrote the checkpoint
+        # (orbax would otherwise try to reproduce the writer's shardings and fail on another topology).
+        replicated = parallel.replicated(parallel.create_mesh())
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), template
+        )
         for step, kind, meta in readable:
             manager = self._managers[kind]
             self._check_shapes(manager, step, template, meta, config)
-            abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
             try:
                 restored = manager.restore(
                     step,
@@ -168,16 +325,49 @@ class CheckpointStore:
                     ),
                 )
             except Exception as e:  # pylint: disable=broad-except
-                logging.warning(
-                    "Checkpoint %s/%d could not be restored (%s); trying an older one.",
-                    kind,
-                    step,
-                    str(e).splitlines()[0][:200],
-                )
-                last_error = e
+                self._mark_unreadable(step, kind, e)
                 continue
+            self.restored_from = self.path(step, kind)
+            order = self._candidates()
+            newer = [c for c in self._unreadable if order.index(c) < order.index((step, kind))]
+            if newer:
+                logging.warning(
+                    "Fell back to %s: the newer checkpoint(s) %s cannot be read.",
+                    self.restored_from,
+                    ", ".join(self.path(*c) for c in newer),
+                )
+            if self._unreadable and not self._read_only:
+                self._quarantine_unreadable()
             return restored.state, dict(restored.meta)
-        raise CheckpointNotFoundError(f"No checkpoint in {self.workdir} could be restored: {last_error}")
+        raise CheckpointNotFoundError(self._none_readable_message())
+
+    def _quarantine_unreadable(self) -> None:
+        """Move unreadable checkpoints to ``checkpoints-unreadable/<kind dir>-<step>`` (process 0 moves)."""
+        _sync_processes("ncsn_jax.checkpointing.before_quarantine")  # every process is done reading them
+        if jax.process_index() == 0:
+            target_root = os.path.join(self.workdir, UNREADABLE_DIR)
+            os.makedirs(target_root, exist_ok=True)
+            for step, kind in self._unreadable:
+                source = self.path(step, kind)
+                if not os.path.exists(source):
+                    continue
+                target = os.path.join(target_root, f"{KIND_DIRS[kind]}-{step}")
+                suffix = 1
+                while os.path.exists(target):
+                    target = os.path.join(target_root, f"{KIND_DIRS[kind]}-{step}.{suffix}")
+                    suffix += 1
+                os.rename(source, target)
+                logging.warning(
+                    "Moved the unreadable checkpoint %s to %s; step %d will be saved again when training "
+                    "reaches it.",
+                    source,
+                    target,
+                    step,
+                )
+        _sync_processes("ncsn_jax.checkpointing.after_quarantine")
+        for manager in self._managers.values():
+            manager.reload()
+        self._unreadable.clear()
 
     def _check_shapes(
         self,

@@ -12,7 +12,7 @@ import contextlib
 import difflib
 import importlib.util
 import sys
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from absl import flags
 

@@ -1,22 +1,36 @@
 """Convert the authors' PyTorch checkpoints (ermongroup/ncsn, ermongroup/ncsnv2) into an ncsn-jax workdir.
 
-    python -m ncsn_jax.convert_torch --checkpoint=checkpoint.pth --config=configs/cifar10.py --workdir=runs/c10_ref
-    python main.py --config=configs/cifar10.py --workdir=runs/c10_ref --mode=sample
+  python -m ncsn_jax.convert_torch --checkpoint=checkpoint.pth --config=configs/cifar10.py --workdir=runs/c10
+  python main.py --config=configs/cifar10.py --workdir=runs/c10 --mode=sample
 
 The ``.pth`` file is the list the reference runners ``torch.save``: ``[model_state, optimizer_state, epoch,
 step, ema_state]`` (NCSNv2; the EMA shadow last) or ``[model_state, optimizer_state]`` (NCSN). The weights are
 mapped onto ``models.create(config)`` by :func:`ncsn_jax.models.convert.from_torch_state_dict` (every key and
-shape used exactly once) and written as an orbax checkpoint whose EMA slot holds the EMA weights when the file
-has them (the model weights otherwise). Needs PyTorch: ``pip install "ncsn-jax[torch]"``.
+shape used exactly once) and written as an orbax checkpoint of the file's step (0 when it has none) whose EMA
+slot holds the EMA weights when the file has them (the model weights otherwise). The optimizer state is a
+fresh Adam state: the reference optimizer state is not carried over.
+
+``"auto"`` config fields are resolved without training data: ``model.sigma_max`` and ``model.num_scales``
+from the checkpoint's ``sigmas`` buffer (NCSNv2 models carry their noise table; σ₁ = ``sigmas[0]``,
+L = ``len(sigmas)``), ``sampling.step_lr`` with NCSNv2's step-size criterion (technique 4) on those levels.
+They are stored in the checkpoint's metadata, so ``--mode=sample`` with the same config uses them. A config
+whose noise levels cannot be read from the file (NCSN has no ``sigmas`` buffer) must set them explicitly.
+
+Needs PyTorch: ``pip install "ncsn-jax[torch]"``. ``torch.load`` runs with ``weights_only=True`` (tensors and
+plain containers only); ``--trust_checkpoint`` lifts that for files whose origin you trust.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
+import sys
+from collections.abc import Mapping
+from typing import Any
 
-from absl import app
-from absl import flags
-from absl import logging
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from ncsn_jax import cli_errors
@@ -26,70 +40,228 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config of the model the checkpoint holds.", lock_config=True
 )
 flags.DEFINE_string("checkpoint", None, "Path to the reference repository's checkpoint .pth file.")
-flags.DEFINE_string("workdir", None, "Workdir to write the converted checkpoint into.")
+flags.DEFINE_string("workdir", None, "Empty workdir to write the converted checkpoint into.")
+flags.DEFINE_bool(
+    "trust_checkpoint",
+    False,
+    "Unpickle arbitrary Python objects from --checkpoint (torch.load(weights_only=False)); only for files "
+    "whose origin you trust.",
+)
 flags.DEFINE_bool("debug", False, "Show Python tracebacks instead of one-line error messages.")
 flags.mark_flags_as_required(["config", "checkpoint", "workdir"])
 
+AUTO_FIELDS = ("model.sigma_max", "model.num_scales", "sampling.step_lr")
 
-def convert(checkpoint_path: str, config, workdir: str) -> int:
-    """Write the weights of ``checkpoint_path`` as an ncsn-jax checkpoint in ``workdir``; returns its step."""
+
+class TorchUnavailableError(ImportError):
+    """PyTorch, needed to read ``.pth`` files, cannot be imported."""
+
+
+def _is_auto(value: Any) -> bool:
+    return isinstance(value, str) and value.lower() == "auto"
+
+
+def _field(config: ml_collections.ConfigDict, dotted: str) -> Any:
+    section, name = dotted.split(".")
+    return config[section][name]
+
+
+def _sigmas_buffer(state_dict: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    """The ``sigmas`` buffer of a reference state dict (``module.`` prefixes allowed), or ``None``."""
+    for key, value in state_dict.items():
+        if key.split("module.")[-1] == "sigmas":
+            return np.asarray(value, np.float64).reshape(-1)
+    return None
+
+
+def resolve_auto_fields(
+    config: ml_collections.ConfigDict, state_dict: Mapping[str, np.ndarray], example_shape: tuple[int, ...]
+) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
+    """Replace ``"auto"`` fields by values read from the checkpoint (see the module docstring).
+
+    σ₁ = ``sigmas[0]`` and L = ``len(sigmas)`` of the state dict's ``sigmas`` buffer; ε from
+    :func:`ncsn_jax.noise.langevin_step_lr` on the resulting geometric levels, ``D = prod(example_shape)``.
+    Whether the whole buffer equals the config's geometric table (σ_min included) is checked afterwards by
+    :func:`ncsn_jax.models.convert.from_torch_state_dict`.
+
+    Returns:
+        ``(config, resolved)``: the config with numbers in place of ``"auto"``, and the dotted fields set.
+
+    Raises:
+        ValueError: ``sigma_max`` / ``num_scales`` are ``"auto"`` but the checkpoint has no ``sigmas`` buffer.
+    """
+    from ncsn_jax import config_lib, noise  # pylint: disable=g-import-not-at-top
+
+    resolved: dict[str, Any] = {}
+    from_table = [f for f in ("model.sigma_max", "model.num_scales") if _is_auto(_field(config, f))]
+    if from_table:
+        table = _sigmas_buffer(state_dict)
+        if table is None:
+            raise ValueError(
+                f"config.{from_table[0]} is 'auto', which is computed from the training data, and the "
+                f"checkpoint has no 'sigmas' buffer to read the noise levels from (model "
+                f"{config.model.name!r}). Set --config.model.sigma_max and --config.model.num_scales to the "
+                "values the model was trained with."
+            )
+        if "model.sigma_max" in from_table:
+            resolved["model.sigma_max"] = float(table[0])
+        if "model.num_scales" in from_table:
+            resolved["model.num_scales"] = int(table.size)
+        config = config_lib.apply_resolved(config, resolved)
+    if _is_auto(config.sampling.step_lr):
+        dim = int(np.prod(example_shape))
+        resolved["sampling.step_lr"] = float(
+            noise.langevin_step_lr(config_lib.sigmas(config), dim, config.sampling.n_steps_each)
+        )
+        config = config_lib.apply_resolved(config, resolved)
+    for dotted, value in resolved.items():
+        logging.info("config.%s = %.6g (was 'auto'; from the checkpoint)", dotted, value)
+    return config, resolved
+
+
+def _load(checkpoint_path: str, trusted: bool) -> dict[str, Any]:
+    """:func:`ncsn_jax.models.convert.load_torch_checkpoint` with its failures as one-line errors."""
+    from ncsn_jax.models import convert as convert_lib  # pylint: disable=g-import-not-at-top
+
+    try:
+        return convert_lib.load_torch_checkpoint(checkpoint_path, trusted=trusted)
+    except ImportError as e:
+        raise TorchUnavailableError(convert_lib.TORCH_INSTALL_HINT) from e
+    except ValueError:
+        raise  # the file was read but is not in the reference format; the message says so
+    except Exception as e:  # pylint: disable=broad-except  (torch.load: pickle / zip / format errors)
+        message = str(e)
+        if "Unsupported global" in message:  # a pickled class or function: refused by weights_only=True
+            raise ValueError(
+                f"--checkpoint={checkpoint_path} holds Python objects besides tensors and plain containers, "
+                "which torch.load(weights_only=True) refuses to unpickle. If you trust the file's origin, "
+                "rerun with --trust_checkpoint."
+            ) from e
+        # torch wraps any unpickling failure in a long "Weights only load failed ..." text; keep its cause.
+        _, _, cause = message.partition("WeightsUnpickler error:")
+        text = (cause or message).strip()
+        detail = text.splitlines()[0] if text else "no message"
+        raise ValueError(
+            f"--checkpoint={checkpoint_path} is not a readable PyTorch checkpoint "
+            f"({type(e).__name__}: {detail[:200]})."
+        ) from e
+
+
+def convert(
+    checkpoint_path: str, config: ml_collections.ConfigDict, workdir: str, *, trusted: bool = False
+) -> int:
+    """Write the weights of ``checkpoint_path`` as an ncsn-jax checkpoint in ``workdir``; returns its step.
+
+    Raises:
+        FileNotFoundError: ``checkpoint_path`` is not a file.
+        ValueError: the file is unreadable or not in the reference format, its state dicts do not fit
+            ``models.create(config)``, ``"auto"`` fields cannot be resolved, or ``workdir`` already holds
+            checkpoints.
+        TorchUnavailableError: PyTorch cannot be imported.
+    """
+    if not os.path.isfile(checkpoint_path):
+        raise FileNotFoundError(f"--checkpoint={checkpoint_path} does not exist or is not a file.")
     import jax  # pylint: disable=g-import-not-at-top
-    import numpy as np  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
     from ncsn_jax import checkpointing, config_lib, models, train  # pylint: disable=g-import-not-at-top
     from ncsn_jax.models import convert as convert_lib  # pylint: disable=g-import-not-at-top
 
-    if not os.path.isfile(checkpoint_path):
-        raise FileNotFoundError(f"--checkpoint={checkpoint_path} does not exist.")
     config_lib.validate(config)
     checkpointing.ensure_writable(workdir)
-    loaded = convert_lib.load_torch_checkpoint(checkpoint_path)
-    params = convert_lib.from_torch_state_dict(loaded["model"], config)["params"]
-    ema_params = params
-    if loaded.get("ema") is not None:
-        ema_params = convert_lib.from_torch_state_dict(loaded["ema"], config)["params"]
+    existing = checkpointing.CheckpointStore(workdir, read_only=True).latest_meta()
+    if existing is not None:
+        raise ValueError(
+            f"--workdir={workdir} already holds checkpoints (newest: step {existing['step']}); convert into "
+            "an empty workdir so that --mode=sample finds the converted weights."
+        )
+
+    loaded = _load(checkpoint_path, trusted)
+    example_shape = models.example_shape(config)
+    config, resolved = resolve_auto_fields(config, loaded["model"], example_shape)
+
+    def to_params(state_dict: Mapping[str, np.ndarray], what: str) -> Any:
+        try:
+            return convert_lib.from_torch_state_dict(state_dict, config)["params"]
+        except ValueError as e:
+            raise ValueError(
+                f"The {what} weights of --checkpoint={checkpoint_path} do not fit --config (model "
+                f"{config.model.name!r}, ngf {config.model.get('ngf')}, "
+                f"{'x'.join(str(d) for d in example_shape)}): {e}"
+            ) from None
+
+    params = to_params(loaded["model"], "model")
+    has_ema = loaded.get("ema") is not None
+    ema_params = to_params(loaded["ema"], "EMA") if has_ema else params
     step = int(loaded.get("step") or 0)
 
     model = models.create(config)
-    example_shape = (config.data.image_size, config.data.image_size, config.data.num_channels)
     optimizer = train.create_optimizer(config.optim)
-    state = train.init_train_state(model, config, example_shape, optimizer)
-    state = state.replace(
-        step=jax.numpy.asarray(step, jax.numpy.int32),
+
+    # Every other field of the train state (the training key from config.seed, counters) as a fresh run
+    # has it; compiled without the weights, so XLA drops the random initialisation they would need.
+    def fresh_state_without_weights():
+        state = train.init_train_state(model, config, example_shape, optimizer)
+        return state.replace(params=None, ema_params=None, opt_state=None)
+
+    state = jax.jit(fresh_state_without_weights)().replace(
+        step=jnp.asarray(step, jnp.int32),
         params=params,
         ema_params=ema_params,
-        opt_state=optimizer.init(params),
+        opt_state=jax.jit(optimizer.init)(params),
     )
     sigmas = config_lib.sigmas(config)
     meta = {
         "step": step,
-        "resolved": {},
+        "resolved": resolved,
         "model": config_lib.model_signature(config),
         "sigmas": np.asarray(sigmas).tolist(),
         "example_shape": list(example_shape),
         "converted_from": os.path.abspath(checkpoint_path),
+        "converted_ema": has_ema,
     }
     store = checkpointing.CheckpointStore(workdir, keep=config.training.keep_checkpoints)
     store.save(state, meta, periodic=True)
     store.wait()
     logging.info(
-        "Converted %s (step %d, EMA %s) into %s",
+        "Converted %s (step %d, %d parameters, EMA %s) into %s",
         checkpoint_path,
         step,
-        "yes" if loaded.get("ema") is not None else "no",
+        models.count_params(params),
+        "yes" if has_ema else "no (the EMA slot holds the model weights)",
         workdir,
     )
     return step
+
+
+def _sample_command(argv: list[str], workdir: str) -> str:
+    """The ``main.py --mode=sample`` command with the same ``--config`` file and overrides."""
+    config_args, i = [], 1
+    while i < len(argv):
+        arg = argv[i]
+        separate_value = i + 1 < len(argv) and not argv[i + 1].startswith("-")
+        if (arg == "--config" or (arg.startswith("--config.") and "=" not in arg)) and separate_value:
+            config_args.append(f"{arg}={argv[i + 1]}")  # "--flag value" form
+            i += 1
+        elif arg.startswith(("--config=", "--config.", "--noconfig.")):
+            config_args.append(arg)
+        i += 1
+    words = ["python", "main.py", *config_args, f"--workdir={workdir}", "--mode=sample"]
+    return " ".join(shlex.quote(w) for w in words)
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     with cli_errors.user_errors(debug=FLAGS.debug):
-        step = convert(FLAGS.checkpoint, _CONFIG.value, FLAGS.workdir)
-    print(
-        f"Wrote the checkpoint of step {step} to {FLAGS.workdir}; sample with: python main.py "
-        f"--config=<the same config> --workdir={FLAGS.workdir} --mode=sample"
-    )
+        try:
+            step = convert(FLAGS.checkpoint, _CONFIG.value, FLAGS.workdir, trusted=FLAGS.trust_checkpoint)
+        except TorchUnavailableError as e:
+            if FLAGS.debug:
+                raise
+            cli_errors.fail(str(e))
+    print(f"Wrote the checkpoint of step {step} to {FLAGS.workdir}; sample with:\n  "
+          f"{_sample_command(sys.argv, FLAGS.workdir)}")
 
 
 if __name__ == "__main__":

@@ -3,23 +3,25 @@
 One optimisation step minimises a score-matching objective of :mod:`ncsn_jax.losses` (chosen by
 ``config.training.loss``) over a global batch::
 
-        key_t        = fold_in(PRNGKey(config.seed), t)          # all randomness of step t
+        key_t        = fold_in(key, t)                            # key made from config.seed: all randomness
         loss, grads  = value_and_grad(L)(params; batch_t, sigmas, key_t)
         params      <- Adam(params, grads)
         ema         <- m·ema + (1 − m)·params                     # m = config.model.ema_rate
 
-``batch_t`` is itself a function of ``(config.seed, t)`` (:mod:`ncsn_jax.datasets`), so step ``t`` of a resumed
-run repeats exactly what the uninterrupted run would have done. The step is ``jax.jit``-compiled with the
-batch split over all devices (:mod:`ncsn_jax.parallel`) and the state buffers donated; ``steps_per_call``
-steps run in one ``lax.scan`` per host call.
+``batch_t`` is itself a function of ``(config.seed, t)`` (:mod:`ncsn_jax.datasets`), so step ``t`` of a
+resumed run repeats exactly what the uninterrupted run would have done. The step is ``jax.jit``-compiled
+with the batch split over all devices (:mod:`ncsn_jax.parallel`) and the state buffers donated;
+``steps_per_call`` steps run in one ``lax.scan`` per host call.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import flax
 import flax.linen as nn
@@ -30,13 +32,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from ncsn_jax import checkpointing
-from ncsn_jax import config_lib
-from ncsn_jax import datasets
-from ncsn_jax import generate
-from ncsn_jax import losses
-from ncsn_jax import models
-from ncsn_jax import parallel
+from ncsn_jax import checkpointing, config_lib, datasets, generate, losses, models, parallel
 
 PyTree = Any
 Metrics = dict[str, jax.Array]
@@ -64,7 +60,7 @@ class TrainState:
 
 
 class TrainingDivergedError(RuntimeError):
-    """The loss or the gradients became non-finite more often than ``config.training.nonfinite_tolerance``."""
+    """Loss, gradients or update were non-finite more often than ``config.training.nonfinite_tolerance``."""
 
 
 def create_optimizer(optim: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -122,11 +118,14 @@ def make_train_step(
 ) -> Callable[[TrainState, jax.Array], tuple[TrainState, Metrics]]:
     """Build the pure function ``(state, batch) -> (state, metrics)`` for one optimisation step.
 
-    An update whose loss or gradient is not finite is not applied (the state only counts it in
-    ``nonfinite_count``); the training loop decides whether to stop.
+    An update is applied only if the loss, the gradients and the updated parameters and optimizer state
+    are all finite; otherwise the state keeps its old values and counts the step in ``nonfinite_count``
+    (the training loop decides whether to stop). So a state holding NaN or inf is never produced, and
+    never checkpointed: finite gradients can still overflow Adam's second moment or, with a huge learning
+    rate, the parameters.
 
-    Metrics: ``loss`` (batch mean), ``grad_norm``, ``finite`` (bool), and per noise level
-    ``level_loss_sum`` / ``level_count`` of shape ``(L,)`` for per-level loss curves.
+    Metrics: ``loss`` (batch mean), ``grad_norm``, ``finite`` (bool: the update was applied), and per noise
+    level ``level_loss_sum`` / ``level_count`` of shape ``(L,)`` for per-level loss curves.
     """
     num_levels = sigmas.shape[0]
 
@@ -138,17 +137,23 @@ def make_train_step(
             return loss_fn(score_fn, batch, sigmas, step_key)
 
         (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
-        finite = jnp.isfinite(loss) & _all_finite(grads)
         updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
         new_ema = jax.tree.map(lambda e, p: ema_rate * e + (1.0 - ema_rate) * p, state.ema_params, new_params)
+        finite = jnp.isfinite(loss) & _all_finite(grads) & _all_finite((new_params, new_opt_state, new_ema))
 
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+        # A cond, not jnp.where: a select that depends on reductions over the updated state makes XLA:CPU's
+        # fusion pass run for many minutes on conv nets (jax 0.10.2); the cond keeps the two apart.
+        params, ema_params, opt_state = jax.lax.cond(
+            finite,
+            lambda: (new_params, new_ema, new_opt_state),
+            lambda: (state.params, state.ema_params, state.opt_state),
+        )
         new_state = TrainState(
             step=state.step + 1,
-            params=keep(new_params, state.params),
-            ema_params=keep(new_ema, state.ema_params),
-            opt_state=keep(new_opt_state, state.opt_state),
+            params=params,
+            ema_params=ema_params,
+            opt_state=opt_state,
             key=state.key,
             nonfinite_count=state.nonfinite_count + (~finite).astype(jnp.int32),
         )
@@ -157,7 +162,7 @@ def make_train_step(
         level = aux["sigma_idx"]
         metrics = {
             "loss": loss,
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "finite": finite,
             "level_loss_sum": jax.ops.segment_sum(per_example, level, num_segments=num_levels),
             "level_count": jax.ops.segment_sum(jnp.ones_like(per_example), level, num_segments=num_levels),
@@ -238,6 +243,46 @@ class _MetricsAccumulator:
         return out
 
 
+def _check_nonfinite(
+    finite: np.ndarray, *, first_step: int, total: int, tolerance: int, store: checkpointing.CheckpointStore
+) -> None:
+    """Warn about each skipped update of a host call; stop once more than ``tolerance`` were skipped.
+
+    Called before anything of the host call is saved, so the checkpoints on disk stay the last good ones.
+
+    Args:
+        finite: ``(k,)`` bool, whether each step of the call applied its update.
+        first_step: 1-based number of the call's first step (the step count after it).
+        total: ``nonfinite_count`` after the call (skips of earlier calls included: it is checkpointed).
+        tolerance: ``config.training.nonfinite_tolerance``.
+        store: the checkpoints, to name the last good one.
+
+    Raises:
+        TrainingDivergedError: naming the step at which the tolerance was exceeded.
+    """
+    skipped = np.flatnonzero(~np.asarray(finite, bool))
+    count = total - len(skipped)
+    for index in skipped:
+        count += 1
+        bad_step = first_step + int(index)
+        if count > tolerance:
+            store.wait()
+            raise TrainingDivergedError(
+                f"Training diverged: non-finite loss, gradient or update at step {bad_step} ({count} "
+                f"non-finite step(s) so far, config.training.nonfinite_tolerance={tolerance}); the update "
+                "was not applied and nothing after the last good checkpoint was saved. Last good checkpoint: "
+                f"{store.describe_latest()}. Lower config.optim.lr, set config.optim.grad_clip, or raise "
+                "config.training.nonfinite_tolerance to skip such steps."
+            )
+        logging.warning(
+            "Skipped the non-finite update of step %d (%d of %d allowed by "
+            "config.training.nonfinite_tolerance).",
+            bad_step,
+            count,
+            tolerance,
+        )
+
+
 def _chunk_length(step: int, steps_per_call: int, n_iters: int, boundaries: tuple[int, ...]) -> int:
     """Steps to run in the next host call: at most ``steps_per_call``, never crossing a boundary."""
     n = min(steps_per_call, n_iters - step)
@@ -276,7 +321,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     state = init_train_state(model, config, example_shape, optimizer)
     if resume_meta is not None:
         state, meta = store.restore(state, config)
-        logging.info("Resumed from the checkpoint of step %d in %s.", meta["step"], workdir)
+        logging.info("Resumed from the checkpoint of step %d (%s).", meta["step"], store.restored_from)
     state = jax.device_put(state, parallel.replicated(mesh))
     if is_writer:
         config_lib.save(config, resolved, workdir)
@@ -303,7 +348,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     # whatever steps_per_call is.
     boundaries = (config.training.log_freq, config.training.snapshot_freq, config.training.preemption_freq)
     step = start
-    with logging_utils.progress(total=n_iters, initial=start, desc="train", enabled=is_writer) as bar:
+    # closing(): the event file is flushed also when training stops with an error.
+    with (
+        contextlib.closing(writer),
+        logging_utils.progress(total=n_iters, initial=start, desc="train", enabled=is_writer) as bar,
+    ):
         while step < n_iters:
             n = _chunk_length(step, k, n_iters, boundaries)
             local = np.stack(
@@ -323,24 +372,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
             step += n
             bar.update(n)
             accumulator.add(metrics)
-            nonfinite = int(state.nonfinite_count)
-            if not np.all(metrics["finite"]):
-                bad_step = step - n + int(np.argmin(metrics["finite"])) + 1
-                if nonfinite > config.training.nonfinite_tolerance:
-                    store.wait()
-                    raise TrainingDivergedError(
-                        f"non-finite loss or gradient at step {bad_step} "
-                        f"({nonfinite} so far, config.training.nonfinite_tolerance="
-                        f"{config.training.nonfinite_tolerance}); the update was not applied. Last good checkpoint: "
-                        f"{store.describe_latest()}. Lower config.optim.lr, set config.optim.grad_clip, or raise "
-                        "the tolerance to skip such steps."
-                    )
-                logging.warning(
-                    "Skipped a non-finite update at step %d (%d of %d allowed).",
-                    bad_step,
-                    nonfinite,
-                    config.training.nonfinite_tolerance,
-                )
+            _check_nonfinite(
+                metrics["finite"],
+                first_step=step - n + 1,
+                total=int(state.nonfinite_count),
+                tolerance=config.training.nonfinite_tolerance,
+                store=store,
+            )
 
             if step % config.training.log_freq == 0 or step == n_iters:
                 summary = accumulator.summary()
@@ -367,5 +405,4 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
                     os.path.join(workdir, "snapshots", str(step)),
                 )
     store.wait()
-    writer.close()
     return state

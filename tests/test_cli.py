@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 
@@ -34,7 +35,8 @@ def trained_toy(tmp_path_factory):
 
 def test_unknown_config_field(tmp_path):
     result = run_main(TOY, f"--workdir={tmp_path}", "--mode=train", "--config.training.batchsize=8")
-    assert_user_error(result, "unknown config field 'training.batchsize'", "Did you mean config.training.batch_size?")
+    assert_user_error(result, "unknown config field 'training.batchsize'",
+                      "Did you mean config.training.batch_size?")
 
 
 def test_wrong_type(tmp_path):
@@ -61,13 +63,22 @@ def test_unknown_names_list_the_valid_ones(tmp_path, field, value, valid):
 
 
 def test_sample_without_checkpoint(tmp_path):
-    assert_user_error(run_main(TOY, f"--workdir={tmp_path}", "--mode=sample"), "No checkpoint", "--mode=train")
+    assert_user_error(run_main(TOY, f"--workdir={tmp_path}", "--mode=sample"), "No checkpoint",
+                      "--mode=train")
 
 
 def test_checkpoint_of_another_model_config(trained_toy):
     before = snapshot_tree(trained_toy)
     result = run_main(TOY, f"--workdir={trained_toy}", "--mode=sample", "--config.model.hidden_dims=64,64")
     assert_user_error(result, "different model", "hidden_dims")
+    assert snapshot_tree(trained_toy) == before
+
+
+def test_resuming_with_another_model_config(trained_toy):
+    before = snapshot_tree(trained_toy)
+    result = run_main(TOY, f"--workdir={trained_toy}", "--mode=train", *FAST, "--config.training.n_iters=40",
+                      "--config.model.hidden_dims=64,64")
+    assert_user_error(result, "different model", "hidden_0", "hidden_dims")
     assert snapshot_tree(trained_toy) == before
 
 
@@ -90,3 +101,21 @@ def test_full_disk_is_detected_before_training(tmp_path):
 
     with pytest.raises(OSError, match="MiB free; checkpoints need at least"):
         checkpointing.ensure_writable(str(tmp_path), min_free_bytes=2**62)
+
+
+@pytest.mark.parametrize("damage", ["meta", "state"])
+def test_only_checkpoint_unreadable_stops_train_and_sample(trained_toy, tmp_path, damage):
+    """With no readable checkpoint to fall back to, training does not silently start over next to it."""
+    from tests.test_preemption import truncate_manifests, truncate_meta
+
+    workdir = str(tmp_path / "toy")
+    shutil.copytree(trained_toy, workdir)
+    checkpoint = os.path.join(workdir, "checkpoints", "20")
+    (truncate_meta if damage == "meta" else truncate_manifests)(checkpoint)
+    before = snapshot_tree(workdir)
+    for mode in ("train", "sample"):
+        result = run_main(TOY, f"--workdir={workdir}", f"--mode={mode}", *FAST)
+        assert_user_error(result, f"None of the checkpoints in {workdir} can be read", f"{checkpoint}: ",
+                          "Move them out of the way")
+        assert "Event loop is closed" not in result.stderr
+        assert snapshot_tree(workdir) == before

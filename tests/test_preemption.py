@@ -1,0 +1,257 @@
+"""Crash safety: ``kill -9`` at any point, or a corrupted newest checkpoint, and the rerun of the same command
+ends with exactly the state of an uninterrupted run.
+
+Every run is ``python main.py --config=configs/toy.py --mode=train`` with a tiny MLP on CPU, where XLA is
+deterministic, so "the same" means bit for bit: params, EMA params, Adam's moments and count, step, PRNG key
+and the non-finite counter of every checkpoint. Checkpoints are read back here with orbax directly, not with
+the code under test. A kill *during* a save uses the test hook of :mod:`ncsn_jax.checkpointing`
+(``NCSN_TEST_PAUSE_IN_SAVE=<step>``): the process stops after writing the checkpoint into orbax's temporary
+directory and before the rename that would make it final.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from tests.test_main import REPO, check_ok, run_main
+
+PAUSE_ENV = "NCSN_TEST_PAUSE_IN_SAVE"
+PAUSE_MARKER = "NCSN_TEST_PAUSE_IN_SAVE: paused before finalising"
+N_ITERS = 100
+TRAIN = [
+    "--config=configs/toy.py", "--mode=train", f"--config.training.n_iters={N_ITERS}",
+    "--config.model.hidden_dims=32,32", "--config.training.batch_size=64",
+    "--config.training.steps_per_call=5", "--config.training.log_freq=10",
+    "--config.training.preemption_freq=10", "--config.training.snapshot_freq=50",
+    "--config.training.snapshot_sampling=False",
+]
+SAMPLE = [
+    "--config=configs/toy.py", "--mode=sample", "--config.model.hidden_dims=32,32",
+    "--config.sampling.batch_size=100", "--config.sampling.n_steps_each=10",
+]
+# Finalised checkpoints of an uninterrupted run: periodic at 50 and 100, the newest preemption one at 90.
+CHECKPOINTS = ("checkpoints/50", "checkpoints/100", "checkpoints-preemption/90")
+
+
+# -- reading checkpoints independently of ncsn_jax -----------------------------------------------------------
+def read_state(checkpoint_dir: str) -> dict[str, np.ndarray]:
+    """Every array of a checkpoint's train state, by tree path, read with orbax onto this process's device."""
+    path = os.path.join(checkpoint_dir, "state")
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    with ocp.StandardCheckpointer() as checkpointer:
+        stored = checkpointer.metadata(path).item_metadata.tree
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), stored)
+        tree = checkpointer.restore(path, target)
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {jax.tree_util.keystr(p): np.asarray(leaf) for p, leaf in flat}
+
+
+def assert_bitwise_equal(a: dict[str, np.ndarray], b: dict[str, np.ndarray], what: str) -> None:
+    assert sorted(a) == sorted(b), f"{what}: different trees"
+    for name in a:
+        assert a[name].dtype == b[name].dtype and a[name].shape == b[name].shape, f"{what}: {name}"
+        assert a[name].tobytes() == b[name].tobytes(), f"{what}: {name} differs"
+
+
+def tree_listing(path: str) -> dict[str, tuple[int, float]]:
+    """(size, mtime) of every file below ``path``, by relative path."""
+    out = {}
+    for root, _, files in os.walk(path):
+        for f in files:
+            full = os.path.join(root, f)
+            out[os.path.relpath(full, path)] = (os.path.getsize(full), os.path.getmtime(full))
+    return out
+
+
+def temporary_dirs(workdir: str) -> list[str]:
+    return glob.glob(os.path.join(workdir, "checkpoints*", "*orbax-checkpoint-tmp*"))
+
+
+def assert_clean_stderr(stderr: str) -> None:
+    assert "Traceback" not in stderr, stderr[-4000:]
+    assert "Event loop is closed" not in stderr, stderr[-4000:]
+
+
+# -- running and killing main.py -----------------------------------------------------------------------------
+class Run:
+    """``python main.py TRAIN --workdir=…`` in the background, its output in a file."""
+
+    def __init__(self, workdir: str, log_path: str, pause_at: int | None = None):
+        env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+        env.pop(PAUSE_ENV, None)
+        if pause_at is not None:
+            env[PAUSE_ENV] = str(pause_at)
+        self.log_path = log_path
+        with open(log_path, "w") as log:
+            self.process = subprocess.Popen([sys.executable, "main.py", *TRAIN, f"--workdir={workdir}"],
+                                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def log(self) -> str:
+        with open(self.log_path) as f:
+            return f.read()
+
+    def wait_for(self, condition, what: str, timeout: float = 240.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if self.process.poll() is not None:
+                raise AssertionError(
+                    f"main.py exited ({self.process.returncode}) before {what}:\n{self.log()[-4000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}:\n{self.log()[-4000:]}")
+            time.sleep(0.005)
+
+    def kill9(self) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        assert self.process.returncode == -signal.SIGKILL
+
+
+@pytest.fixture
+def runs():
+    """Starts runs and SIGKILLs whatever is still alive at the end (a paused run would sleep forever)."""
+    started: list[Run] = []
+
+    def start(*args, **kwargs) -> Run:
+        started.append(Run(*args, **kwargs))
+        return started[-1]
+
+    yield start
+    for run in started:
+        if run.process.poll() is None:
+            run.kill9()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> tuple[str, dict[str, dict[str, np.ndarray]]]:
+    workdir = str(tmp_path_factory.mktemp("preemption") / "uninterrupted")
+    check_ok(run_main(*TRAIN, f"--workdir={workdir}"))
+    return workdir, {c: read_state(os.path.join(workdir, c)) for c in CHECKPOINTS}
+
+
+def resumed_step(log: str) -> int:
+    line = next(line for line in log.splitlines() if "Resumed from the checkpoint of step" in line)
+    return int(line.split("Resumed from the checkpoint of step ")[1].split()[0])
+
+
+@pytest.mark.slow
+def test_kill_at_three_points_then_rerun_is_bit_identical(tmp_path, runs, uninterrupted):
+    reference_dir, reference = uninterrupted
+    workdir = str(tmp_path / "killed")
+    preemption_dir = os.path.join(workdir, "checkpoints-preemption")
+
+    # 1. During the save of preemption checkpoint 20: all its files written, the rename to "20" not yet done.
+    run = runs(workdir, str(tmp_path / "run1.log"), pause_at=20)
+    run.wait_for(lambda: PAUSE_MARKER in run.log(), "the pause inside the save of step 20")
+    half_written = glob.glob(os.path.join(preemption_dir, "20.orbax-checkpoint-tmp*"))
+    assert half_written and os.listdir(half_written[0]), "the save had not started writing"
+    assert sorted(os.listdir(preemption_dir)) == ["10", os.path.basename(half_written[0])]
+    run.kill9()
+
+    # 2. Mid-training: as soon as preemption checkpoint 40 is final, somewhere in the steps after it.
+    run = runs(workdir, str(tmp_path / "run2.log"))
+    run.wait_for(lambda: os.path.isdir(os.path.join(preemption_dir, "40")), "preemption checkpoint 40")
+    run.kill9()
+    assert resumed_step(run.log()) == 10, "the half-written checkpoint 20 must not be resumed from"
+    assert not glob.glob(os.path.join(preemption_dir, "20.orbax-checkpoint-tmp*")), "leftover not cleaned up"
+    assert not os.path.isdir(os.path.join(workdir, "checkpoints", str(N_ITERS))), "run 2 ended unkilled"
+
+    # 3. During the final save (periodic checkpoint 100).
+    run = runs(workdir, str(tmp_path / "run3.log"), pause_at=N_ITERS)
+    run.wait_for(lambda: PAUSE_MARKER in run.log(), f"the pause inside the save of step {N_ITERS}")
+    assert glob.glob(os.path.join(workdir, "checkpoints", f"{N_ITERS}.orbax-checkpoint-tmp*"))
+    run.kill9()
+    assert resumed_step(run.log()) >= 40
+
+    # The same command once more runs to the end.
+    final = run_main(*TRAIN, f"--workdir={workdir}")
+    check_ok(final)
+    assert resumed_step(final.stderr) == 90
+    assert_clean_stderr(final.stderr)
+    assert temporary_dirs(workdir) == []
+    for sub in ("checkpoints", "checkpoints-preemption"):
+        assert sorted(os.listdir(os.path.join(workdir, sub))) == sorted(
+            os.listdir(os.path.join(reference_dir, sub)))
+    for checkpoint in CHECKPOINTS:
+        state = read_state(os.path.join(workdir, checkpoint))
+        assert int(state["['step']"]) == int(checkpoint.rsplit("/", 1)[1])
+        assert_bitwise_equal(state, reference[checkpoint], checkpoint)
+
+
+def truncate_manifests(checkpoint_dir: str) -> None:
+    """A torn write: the OCDBT manifests of the state item are empty."""
+    manifests = glob.glob(os.path.join(checkpoint_dir, "state", "**", "manifest.ocdbt"), recursive=True)
+    assert manifests
+    for manifest in manifests:
+        open(manifest, "w").close()
+
+
+def truncate_array_data(checkpoint_dir: str) -> None:
+    """The array data files of the state item are empty."""
+    data = [f for f in glob.glob(os.path.join(checkpoint_dir, "state", "**", "d", "*"), recursive=True)
+            if os.path.isfile(f)]
+    assert data
+    for f in data:
+        open(f, "w").close()
+
+
+def truncate_meta(checkpoint_dir: str) -> None:
+    """The JSON metadata item is empty."""
+    open(os.path.join(checkpoint_dir, "meta", "metadata"), "w").close()
+
+
+def test_corrupted_latest_checkpoint_training_falls_back_and_ends_identical(tmp_path, uninterrupted):
+    reference_dir, reference = uninterrupted
+    workdir = str(tmp_path / "corrupted")
+    shutil.copytree(reference_dir, workdir)
+    newest = os.path.join(workdir, "checkpoints", str(N_ITERS))
+    truncate_manifests(newest)
+    corrupted_files = tree_listing(newest)
+
+    result = run_main(*TRAIN, f"--workdir={workdir}")
+    check_ok(result)
+    assert_clean_stderr(result.stderr)
+    assert f"The checkpoint {newest} cannot be read" in result.stderr
+    fallback = os.path.join(workdir, "checkpoints-preemption", "90")
+    assert f"Fell back to {fallback}: the newer checkpoint(s) {newest} cannot be read" in result.stderr
+    assert resumed_step(result.stderr) == 90
+    # Nothing lost: the unreadable checkpoint was moved aside as it was; step 100 was trained and saved anew.
+    moved = os.path.join(workdir, "checkpoints-unreadable", f"checkpoints-{N_ITERS}")
+    assert f"Moved the unreadable checkpoint {newest} to {moved}" in result.stderr
+    assert {f: size for f, (size, _) in tree_listing(moved).items()} == {
+        f: size for f, (size, _) in corrupted_files.items()}
+    for checkpoint in CHECKPOINTS:
+        assert_bitwise_equal(read_state(os.path.join(workdir, checkpoint)), reference[checkpoint], checkpoint)
+
+
+@pytest.mark.parametrize("corrupt", [truncate_array_data, truncate_meta, truncate_manifests])
+def test_corrupted_latest_checkpoint_sampling_falls_back(tmp_path, uninterrupted, corrupt):
+    reference_dir, _ = uninterrupted
+    workdir = str(tmp_path / "corrupted")
+    shutil.copytree(reference_dir, workdir, ignore=shutil.ignore_patterns("tensorboard"))
+    newest = os.path.join(workdir, "checkpoints", str(N_ITERS))
+    corrupt(newest)
+    before = tree_listing(os.path.join(workdir))
+
+    result = run_main(*SAMPLE, f"--workdir={workdir}")
+    check_ok(result)
+    assert_clean_stderr(result.stderr)
+    assert f"The checkpoint {newest} cannot be read" in result.stderr
+    assert f"Fell back to {os.path.join(workdir, 'checkpoints-preemption', '90')}" in result.stderr
+    assert f"Samples written to {os.path.join(workdir, 'samples', '90')}" in result.stdout
+    samples = np.load(os.path.join(workdir, "samples", "90", "samples.npz"))["samples"]
+    assert samples.shape == (100, 2) and np.all(np.isfinite(samples))
+    # Sampling only reads: every checkpoint file is as it was.
+    after = {f: v for f, v in tree_listing(workdir).items() if not f.startswith("samples")}
+    assert after == before
