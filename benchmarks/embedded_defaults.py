@@ -29,8 +29,19 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _run(config: str, workdir: str, mode: str) -> float:
     start = time.perf_counter()
-    subprocess.run([sys.executable, "main.py", f"--config=configs/{config}.py", f"--workdir={workdir}",
-                    f"--mode={mode}"], cwd=REPO, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            "main.py",
+            f"--config=configs/{config}.py",
+            f"--workdir={workdir}",
+            f"--mode={mode}",
+        ],
+        cwd=REPO,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     return time.perf_counter() - start
 
 

@@ -56,12 +56,14 @@ def benchmark(name: str) -> dict[str, float | str]:
     model = models.create(config)
     optimizer = train.create_optimizer(config.optim)
     mesh = parallel.create_mesh()
-    state = jax.device_put(train.init_train_state(model, config, example_shape, optimizer),
-                           parallel.replicated(mesh))
+    state = jax.device_put(
+        train.init_train_state(model, config, example_shape, optimizer), parallel.replicated(mesh)
+    )
     step = train.compile_train_step(model, config, sigmas, optimizer, mesh)
     rng = np.random.default_rng(0)
-    batch = parallel.global_batch(rng.uniform(size=(1, FLAGS.batch_size, *example_shape)).astype(np.float32),
-                                  mesh, leading_axes=1)
+    batch = parallel.global_batch(
+        rng.uniform(size=(1, FLAGS.batch_size, *example_shape)).astype(np.float32), mesh, leading_axes=1
+    )
     start = time.perf_counter()
     state, metrics = step(state, batch)
     jax.block_until_ready(metrics)
@@ -80,15 +82,22 @@ def benchmark(name: str) -> dict[str, float | str]:
     score_fn = models.get_score_fn(model, {"params": state.ema_params})
     x = jnp.asarray(rng.uniform(size=(n_sample, *example_shape)), jnp.float32)
     n_steps = 5
-    run = jax.jit(lambda x, key: sampling.annealed_langevin_dynamics(
-        score_fn, x, sigmas[-2:], key, n_steps_each=n_steps, step_lr=1e-5))
+    run = jax.jit(
+        lambda x, key: sampling.annealed_langevin_dynamics(
+            score_fn, x, sigmas[-2:], key, n_steps_each=n_steps, step_lr=1e-5
+        )
+    )
     jax.block_until_ready(run(x, jax.random.PRNGKey(0)))
     sample_s, _ = _timed(run, x, jax.random.PRNGKey(1), n=2)
     sampler_steps_per_s = 2 * n_steps / sample_s
 
     row: dict[str, float | str] = {
-        "config": name, "model": config.model.name, "params (M)": models.count_params(state.params) / 1e6,
-        "compile s": compile_s, "train steps/s": 1.0 / step_s, "examples/s": FLAGS.batch_size / step_s,
+        "config": name,
+        "model": config.model.name,
+        "params (M)": models.count_params(state.params) / 1e6,
+        "compile s": compile_s,
+        "train steps/s": 1.0 / step_s,
+        "examples/s": FLAGS.batch_size / step_s,
         "sampler steps/s": sampler_steps_per_s,
     }
     if len(example_shape) == 3:
@@ -102,8 +111,10 @@ def benchmark(name: str) -> dict[str, float | str]:
 
 def main(argv):
     del argv
-    print(f"# JAX {jax.__version__}, backend {jax.default_backend()}, {jax.device_count()} device(s): "
-          f"{jax.devices()[0].device_kind}; batch {FLAGS.batch_size}, dtype {FLAGS.dtype}")
+    print(
+        f"# JAX {jax.__version__}, backend {jax.default_backend()}, {jax.device_count()} device(s): "
+        f"{jax.devices()[0].device_kind}; batch {FLAGS.batch_size}, dtype {FLAGS.dtype}"
+    )
     rows = [benchmark(name) for name in FLAGS.configs]
     columns = list(dict.fromkeys(k for row in rows for k in row))
     print("| " + " | ".join(columns) + " |")

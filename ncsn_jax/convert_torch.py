@@ -260,8 +260,10 @@ def main(argv: list[str]) -> None:
             if FLAGS.debug:
                 raise
             cli_errors.fail(str(e))
-    print(f"Wrote the checkpoint of step {step} to {FLAGS.workdir}; sample with:\n  "
-          f"{_sample_command(sys.argv, FLAGS.workdir)}")
+    print(
+        f"Wrote the checkpoint of step {step} to {FLAGS.workdir}; sample with:\n  "
+        f"{_sample_command(sys.argv, FLAGS.workdir)}"
+    )
 
 
 if __name__ == "__main__":

@@ -115,8 +115,13 @@ _TFDS_DATASETS: dict[str, tuple[str, int, int]] = {
 _DEFAULT_IMAGE_SIZE = {"digits": 8, "cifar10": 32, "mnist": 28, "celeba": 64}
 _NUM_CHANNELS = {"digits": 1, "cifar10": 3, "mnist": 1, "celeba": 3}
 
-_CELEBA_MANUAL_FILES = ("img_align_celeba.zip", "list_eval_partition.txt", "list_attr_celeba.txt",
-                        "list_landmarks_align_celeba.txt", "identity_CelebA.txt")
+_CELEBA_MANUAL_FILES = (
+    "img_align_celeba.zip",
+    "list_eval_partition.txt",
+    "list_attr_celeba.txt",
+    "list_landmarks_align_celeba.txt",
+    "identity_CelebA.txt",
+)
 
 
 class DatasetNotPreparedError(ValueError):
@@ -132,12 +137,16 @@ def _local_rows(global_batch_size: int, process_index: int, process_count: int) 
     if global_batch_size < 1:
         raise ValueError(f"global_batch_size must be a positive integer, got {global_batch_size}.")
     if process_count < 1 or not 0 <= process_index < process_count:
-        raise ValueError(f"Need 0 <= process_index < process_count, got process_index={process_index}, "
-                         f"process_count={process_count}.")
+        raise ValueError(
+            f"Need 0 <= process_index < process_count, got process_index={process_index}, "
+            f"process_count={process_count}."
+        )
     if global_batch_size % process_count:
-        raise ValueError(f"The global batch size {global_batch_size} is not divisible by the process count "
-                         f"{process_count}: every process must get the same number of examples. Choose a "
-                         f"batch size that is a multiple of {process_count}.")
+        raise ValueError(
+            f"The global batch size {global_batch_size} is not divisible by the process count "
+            f"{process_count}: every process must get the same number of examples. Choose a "
+            f"batch size that is a multiple of {process_count}."
+        )
     per_process = global_batch_size // process_count
     return process_index * per_process, (process_index + 1) * per_process
 
@@ -169,7 +178,7 @@ def center_crop(image: np.ndarray, size: int) -> np.ndarray:
         raise ValueError(f"Cannot crop {size}×{size} out of a {height}×{width} image.")
     top = int(round((height - size) / 2.0))
     left = int(round((width - size) / 2.0))
-    return image[top:top + size, left:left + size]
+    return image[top : top + size, left : left + size]
 
 
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:
@@ -211,8 +220,9 @@ class DataSource(abc.ABC):
     num_examples: int | None
 
     @abc.abstractmethod
-    def get_batch(self, step: int, global_batch_size: int, *, process_index: int = 0,
-                  process_count: int = 1) -> np.ndarray:
+    def get_batch(
+        self, step: int, global_batch_size: int, *, process_index: int = 0, process_count: int = 1
+    ) -> np.ndarray:
         """This process's rows of the global batch of ``step``.
 
         Returns:
@@ -227,8 +237,10 @@ class DataSource(abc.ABC):
         """
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(name={self.name!r}, example_shape={self.example_shape}, "
-                f"num_examples={self.num_examples})")
+        return (
+            f"{type(self).__name__}(name={self.name!r}, example_shape={self.example_shape}, "
+            f"num_examples={self.num_examples})"
+        )
 
 
 class ToyMixtureSource(DataSource):
@@ -243,8 +255,9 @@ class ToyMixtureSource(DataSource):
 
     def __init__(self, *, seed: int, split: str = "train", mixture: mixtures.GaussianMixture | None = None):
         if split not in _TOY_SPLIT_IDS:
-            raise ValueError(f"Unknown split {split!r} for the toy mixture; "
-                             f"valid: {', '.join(_TOY_SPLIT_IDS)}.")
+            raise ValueError(
+                f"Unknown split {split!r} for the toy mixture; valid: {', '.join(_TOY_SPLIT_IDS)}."
+            )
         mixture = mixtures.ncsn_toy_mixture() if mixture is None else mixture
         self.name = "toy"
         self.seed = _check_seed(seed)
@@ -261,8 +274,9 @@ class ToyMixtureSource(DataSource):
         noise = rng.standard_normal((n, *self.example_shape))
         return (self.means[components] + self.stds[components, None] * noise).astype(np.float32)
 
-    def get_batch(self, step: int, global_batch_size: int, *, process_index: int = 0,
-                  process_count: int = 1) -> np.ndarray:
+    def get_batch(
+        self, step: int, global_batch_size: int, *, process_index: int = 0, process_count: int = 1
+    ) -> np.ndarray:
         start, stop = _local_rows(global_batch_size, process_index, process_count)
         rng = np.random.default_rng([self.seed, TOY_STREAM, _TOY_SPLIT_IDS[self.split], _check_step(step)])
         batch = self._draw(rng, global_batch_size)[start:stop]
@@ -289,9 +303,18 @@ class FiniteImageSource(DataSource):
       uniform_dequantization: add ``U[0, 1)`` to the raw value before scaling.
     """
 
-    def __init__(self, *, name: str, read: Callable[[np.ndarray], np.ndarray], num_examples: int,
-                 example_shape: tuple[int, int, int], max_value: int, seed: int, random_flip: bool,
-                 uniform_dequantization: bool):
+    def __init__(
+        self,
+        *,
+        name: str,
+        read: Callable[[np.ndarray], np.ndarray],
+        num_examples: int,
+        example_shape: tuple[int, int, int],
+        max_value: int,
+        seed: int,
+        random_flip: bool,
+        uniform_dequantization: bool,
+    ):
         if num_examples < 1:
             raise ValueError(f"Dataset {name!r} has no examples.")
         self.name = name
@@ -313,8 +336,9 @@ class FiniteImageSource(DataSource):
             self._permutations[epoch] = rng.permutation(self.num_examples)
         return self._permutations[epoch]
 
-    def batch_indices(self, step: int, global_batch_size: int, *, process_index: int = 0,
-                      process_count: int = 1) -> np.ndarray:
+    def batch_indices(
+        self, step: int, global_batch_size: int, *, process_index: int = 0, process_count: int = 1
+    ) -> np.ndarray:
         """Split indices of this process's rows of step ``step``: ``π_e[q mod N]`` for positions q."""
         start, stop = _local_rows(global_batch_size, process_index, process_count)
         positions = _check_step(step) * global_batch_size + np.arange(start, stop, dtype=np.int64)
@@ -344,8 +368,10 @@ class FiniteImageSource(DataSource):
                 bin_start = value / levels
                 value = (value + rng.random(value.shape, dtype=np.float32)) / levels
                 # float32 rounding could land on the next bin's edge; keep x in [v/L, (v+1)/L).
-                value = np.minimum(value.astype(np.float32),
-                                   np.nextafter((bin_start + 1.0 / levels).astype(np.float32), np.float32(0)))
+                value = np.minimum(
+                    value.astype(np.float32),
+                    np.nextafter((bin_start + 1.0 / levels).astype(np.float32), np.float32(0)),
+                )
             else:
                 value = value / self.max_value
             if self.random_flip and flip:
@@ -353,12 +379,14 @@ class FiniteImageSource(DataSource):
             out[k] = value
         return out
 
-    def get_batch(self, step: int, global_batch_size: int, *, process_index: int = 0,
-                  process_count: int = 1) -> np.ndarray:
+    def get_batch(
+        self, step: int, global_batch_size: int, *, process_index: int = 0, process_count: int = 1
+    ) -> np.ndarray:
         step = _check_step(step)
         start, stop = _local_rows(global_batch_size, process_index, process_count)
-        indices = self.batch_indices(step, global_batch_size, process_index=process_index,
-                                     process_count=process_count)
+        indices = self.batch_indices(
+            step, global_batch_size, process_index=process_index, process_count=process_count
+        )
         batch = self._augment(self._read_checked(indices), step, np.arange(start, stop))
         chex.assert_shape(batch, (stop - start, *self.example_shape))
         return batch
@@ -401,10 +429,15 @@ def _create_digits(config: ml_collections.ConfigDict, split: str) -> FiniteImage
     if image_size != 8:
         chosen = np.stack([resize_image(image, image_size) for image in chosen])
     return FiniteImageSource(
-        name="digits", read=lambda indices: chosen[indices], num_examples=len(chosen),
-        example_shape=(image_size, image_size, 1), max_value=16, seed=config.seed,
+        name="digits",
+        read=lambda indices: chosen[indices],
+        num_examples=len(chosen),
+        example_shape=(image_size, image_size, 1),
+        max_value=16,
+        seed=config.seed,
         random_flip=config.data.get("random_flip", False),
-        uniform_dequantization=config.data.get("uniform_dequantization", False))
+        uniform_dequantization=config.data.get("uniform_dequantization", False),
+    )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -412,22 +445,28 @@ def _create_digits(config: ml_collections.ConfigDict, split: str) -> FiniteImage
 
 
 def _prepare_command(tfds_name: str, data_dir: str) -> str:
-    return (f"pip install tensorflow-cpu importlib_resources && "
-            f"tfds build {tfds_name} --data_dir={data_dir} --file_format=array_record")
+    return (
+        f"pip install tensorflow-cpu importlib_resources && "
+        f"tfds build {tfds_name} --data_dir={data_dir} --file_format=array_record"
+    )
 
 
 def _not_prepared_message(name: str, tfds_name: str, data_dir: str, problem: str) -> str:
-    message = (f"Dataset {name!r} (TFDS {tfds_name!r}) {problem} in data_dir {data_dir!r}. ncsn_jax reads "
-               "TFDS datasets with tfds.data_source (random access, no TensorFlow at training time), which "
-               "needs the ArrayRecord format. Prepare it once with (building needs TensorFlow, e.g. in a "
-               "separate virtual environment; on macOS install `tensorflow` instead of `tensorflow-cpu`):\n"
-               f"    {_prepare_command(tfds_name, data_dir)}\n"
-               "or point config.data.data_dir (or the data_dir argument) at a folder where it is prepared.")
+    message = (
+        f"Dataset {name!r} (TFDS {tfds_name!r}) {problem} in data_dir {data_dir!r}. ncsn_jax reads "
+        "TFDS datasets with tfds.data_source (random access, no TensorFlow at training time), which "
+        "needs the ArrayRecord format. Prepare it once with (building needs TensorFlow, e.g. in a "
+        "separate virtual environment; on macOS install `tensorflow` instead of `tensorflow-cpu`):\n"
+        f"    {_prepare_command(tfds_name, data_dir)}\n"
+        "or point config.data.data_dir (or the data_dir argument) at a folder where it is prepared."
+    )
     if tfds_name == "celeb_a":
-        message += ("\nCelebA is downloaded from Google Drive, which often refuses with a quota error. If it "
-                    f"does, download {', '.join(_CELEBA_MANUAL_FILES)} from the CelebA website "
-                    "(mmlab.ie.cuhk.edu.hk/projects/CelebA.html) into one folder and add "
-                    "--manual_dir=<that folder> to the tfds build command.")
+        message += (
+            "\nCelebA is downloaded from Google Drive, which often refuses with a quota error. If it "
+            f"does, download {', '.join(_CELEBA_MANUAL_FILES)} from the CelebA website "
+            "(mmlab.ie.cuhk.edu.hk/projects/CelebA.html) into one folder and add "
+            "--manual_dir=<that folder> to the tfds build command."
+        )
     return message
 
 
@@ -438,8 +477,9 @@ class _TFDSReader:
     ``Executor.map`` keeps the order, so the result is a pure function of the indices.
     """
 
-    def __init__(self, source: Sequence[Any], preprocess: Callable[[np.ndarray], np.ndarray],
-                 num_threads: int = 8):
+    def __init__(
+        self, source: Sequence[Any], preprocess: Callable[[np.ndarray], np.ndarray], num_threads: int = 8
+    ):
         self._source = source
         self._preprocess = preprocess
         self._num_threads = num_threads
@@ -454,8 +494,9 @@ class _TFDSReader:
             images = [self._read_one(i) for i in indices]
         else:
             if self._pool is None:
-                self._pool = concurrent.futures.ThreadPoolExecutor(self._num_threads,
-                                                                   thread_name_prefix="tfds-read")
+                self._pool = concurrent.futures.ThreadPoolExecutor(
+                    self._num_threads, thread_name_prefix="tfds-read"
+                )
             images = list(self._pool.map(self._read_one, indices))
         return np.stack(images)
 
@@ -475,15 +516,17 @@ def _open_tfds(name: str, tfds_name: str, split: str, data_dir: str) -> Sequence
         builder = tfds.builder(tfds_name, data_dir=data_dir)
         if not builder.is_prepared():
             raise DatasetNotPreparedError(
-                _not_prepared_message(name, tfds_name, data_dir, "is not prepared")) from error
+                _not_prepared_message(name, tfds_name, data_dir, "is not prepared")
+            ) from error
         if isinstance(error, NotImplementedError):  # prepared, but only in TFRecord (no random access)
             problem = f"is prepared only in the {builder.info.file_format} format at {builder.data_dir}"
             message = _not_prepared_message(name, tfds_name, data_dir, problem)
             raise DatasetNotPreparedError(message) from error
         available = list(builder.info.splits)
         if available and split.split("[")[0] not in available:
-            raise ValueError(f"Unknown split {split!r} for {name!r}; "
-                             f"valid: {', '.join(available)}.") from error
+            raise ValueError(
+                f"Unknown split {split!r} for {name!r}; valid: {', '.join(available)}."
+            ) from error
         raise
 
 
@@ -495,20 +538,28 @@ def _create_tfds(config: ml_collections.ConfigDict, split: str, data_dir: str | 
     source = _open_tfds(name, tfds_name, split, data_dir)
 
     if name == "celeba":
+
         def preprocess(image: np.ndarray) -> np.ndarray:
             return resize_image(center_crop(image, CELEBA_CROP_SIZE), image_size)
     elif image_size != native_size:
+
         def preprocess(image: np.ndarray) -> np.ndarray:
             return resize_image(image, image_size)
     else:
+
         def preprocess(image: np.ndarray) -> np.ndarray:
             return image
 
     return FiniteImageSource(
-        name=name, read=_TFDSReader(source, preprocess), num_examples=len(source),
-        example_shape=(image_size, image_size, channels), max_value=255, seed=config.seed,
+        name=name,
+        read=_TFDSReader(source, preprocess),
+        num_examples=len(source),
+        example_shape=(image_size, image_size, channels),
+        max_value=255,
+        seed=config.seed,
         random_flip=config.data.get("random_flip", False),
-        uniform_dequantization=config.data.get("uniform_dequantization", False))
+        uniform_dequantization=config.data.get("uniform_dequantization", False),
+    )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -520,13 +571,15 @@ def _image_size(config: ml_collections.ConfigDict, name: str) -> int:
     if int(image_size) != image_size or image_size < 1:
         raise ValueError(f"config.data.image_size must be a positive integer, got {image_size!r}.")
     if name == "celeba" and image_size > CELEBA_CROP_SIZE:
-        raise ValueError(f"config.data.image_size={image_size} exceeds CelebA's "
-                         f"{CELEBA_CROP_SIZE}-pixel crop.")
+        raise ValueError(
+            f"config.data.image_size={image_size} exceeds CelebA's {CELEBA_CROP_SIZE}-pixel crop."
+        )
     return int(image_size)
 
 
-def create_dataset(config: ml_collections.ConfigDict, split: str = "train", *,
-                   data_dir: str | None = None) -> DataSource:
+def create_dataset(
+    config: ml_collections.ConfigDict, split: str = "train", *, data_dir: str | None = None
+) -> DataSource:
     """The data source of ``config.data.dataset`` for ``split``.
 
     Args:
@@ -541,14 +594,17 @@ def create_dataset(config: ml_collections.ConfigDict, split: str = "train", *,
     """
     name = config.data.dataset
     if name not in DATASET_NAMES:
-        raise ValueError(f"Unknown dataset {name!r} (config.data.dataset); "
-                         f"valid: {', '.join(DATASET_NAMES)}.")
+        raise ValueError(
+            f"Unknown dataset {name!r} (config.data.dataset); valid: {', '.join(DATASET_NAMES)}."
+        )
     if name == "toy":
         return ToyMixtureSource(seed=config.seed, split=split)
     num_channels = config.data.get("num_channels", None)  # None / 0: not set
     if num_channels and num_channels != _NUM_CHANNELS[name]:
-        raise ValueError(f"config.data.num_channels={num_channels} but {name!r} images have "
-                         f"{_NUM_CHANNELS[name]} channel(s).")
+        raise ValueError(
+            f"config.data.num_channels={num_channels} but {name!r} images have "
+            f"{_NUM_CHANNELS[name]} channel(s)."
+        )
     if name == "digits":
         return _create_digits(config, split)
     return _create_tfds(config, split, data_dir)

@@ -13,7 +13,8 @@ over all devices, and writes ``workdir/samples/<step>/``:
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -22,13 +23,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from ncsn_jax import checkpointing
-from ncsn_jax import config_lib
-from ncsn_jax import mixtures
-from ncsn_jax import models
-from ncsn_jax import parallel
-from ncsn_jax import plotting
-from ncsn_jax import sampling
+from ncsn_jax import checkpointing, config_lib, mixtures, models, parallel, plotting, sampling
 
 METHODS = ("annealed_langevin", "inpainting", "interpolation")
 
@@ -152,8 +147,9 @@ def write_samples(
     logging.info("Wrote %d samples to %s", len(samples), out_dir)
 
 
-def _score_fields(config: ml_collections.ConfigDict, model: nn.Module, params: Any, samples: np.ndarray,
-                  sigma: float) -> dict[str, Callable[[np.ndarray], np.ndarray] | None]:
+def _score_fields(
+    config: ml_collections.ConfigDict, model: nn.Module, params: Any, samples: np.ndarray, sigma: float
+) -> dict[str, Callable[[np.ndarray], np.ndarray] | None]:
     """For 2-D data, the learned score at the smallest σ (and the true one for the toy mixture) to plot."""
     if samples.ndim != 2 or samples.shape[1] != 2:
         return {}

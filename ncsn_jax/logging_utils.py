@@ -10,7 +10,8 @@ import contextlib
 import logging as python_logging
 import os
 import sys
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 from absl import logging

@@ -88,7 +88,9 @@ def _compute_dtype(x: Array) -> jnp.dtype:
 def _check_batch(x: Array) -> None:
     """``x`` must be a batch ``(B, *dims)`` with at least one data dimension."""
     if x.ndim < 2:
-        raise ValueError(f"x must have shape (B, *dims) with at least one data dimension; got shape {x.shape}.")
+        raise ValueError(
+            f"x must have shape (B, *dims) with at least one data dimension; got shape {x.shape}."
+        )
 
 
 def _sum_data_dims(values: Array, n_leading: int = 1, keepdims: bool = False) -> Array:
@@ -133,7 +135,9 @@ def _sample_projections(key: Array, x: Array, n_projections: int, projection: st
 
 
 def _unknown_projection(projection: str) -> ValueError:
-    return ValueError(f"Unknown projection {projection!r}; valid projections are {', '.join(map(repr, PROJECTIONS))}.")
+    return ValueError(
+        f"Unknown projection {projection!r}; valid projections are {', '.join(map(repr, PROJECTIONS))}."
+    )
 
 
 def _validate_projection(projection: str, n_projections: int) -> None:
@@ -186,7 +190,12 @@ def _perturb(x: Array, sigmas: Array, key: Array) -> tuple[Array, Array, Array, 
     x = jnp.asarray(x, _compute_dtype(x))
     level_key, noise_key, projection_key = jax.random.split(key, 3)
     sigma_idx = jax.random.randint(
-        level_key, x.shape[:1], 0, sigmas.shape[0], dtype=jnp.int32, out_sharding=_sharding_like(x, batch_only=True)
+        level_key,
+        x.shape[:1],
+        0,
+        sigmas.shape[0],
+        dtype=jnp.int32,
+        out_sharding=_sharding_like(x, batch_only=True),
     )
     sigma = jnp.asarray(sigmas, x.dtype).at[sigma_idx].get(out_sharding=_sharding_like(x, batch_only=True))
     z = jax.random.normal(noise_key, x.shape, dtype=x.dtype, out_sharding=_sharding_like(x))
@@ -303,7 +312,12 @@ def sliced_score_matching(
     dtype = _compute_dtype(x)
     x = jnp.asarray(x, dtype)
     per_example_loss = _sliced_per_example(
-        score_fn, x, key, n_projections=n_projections, projection=projection, variance_reduction=variance_reduction
+        score_fn,
+        x,
+        key,
+        n_projections=n_projections,
+        projection=projection,
+        variance_reduction=variance_reduction,
     )
     return jnp.mean(per_example_loss), {"per_example_loss": per_example_loss}
 

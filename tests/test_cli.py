@@ -10,8 +10,12 @@ import pytest
 from tests.test_main import check_ok, run_main
 
 TOY = "--config=configs/toy.py"
-FAST = ["--config.training.n_iters=20", "--config.training.snapshot_freq=20",
-        "--config.training.snapshot_sampling=False", "--config.training.log_freq=10"]
+FAST = [
+    "--config.training.n_iters=20",
+    "--config.training.snapshot_freq=20",
+    "--config.training.snapshot_sampling=False",
+    "--config.training.log_freq=10",
+]
 
 
 def assert_user_error(result, *fragments: str) -> None:
@@ -22,8 +26,11 @@ def assert_user_error(result, *fragments: str) -> None:
 
 
 def snapshot_tree(path) -> dict[str, float]:
-    return {os.path.join(root, f): os.path.getmtime(os.path.join(root, f))
-            for root, _, files in os.walk(path) for f in files}
+    return {
+        os.path.join(root, f): os.path.getmtime(os.path.join(root, f))
+        for root, _, files in os.walk(path)
+        for f in files
+    }
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +42,9 @@ def trained_toy(tmp_path_factory):
 
 def test_unknown_config_field(tmp_path):
     result = run_main(TOY, f"--workdir={tmp_path}", "--mode=train", "--config.training.batchsize=8")
-    assert_user_error(result, "unknown config field 'training.batchsize'",
-                      "Did you mean config.training.batch_size?")
+    assert_user_error(
+        result, "unknown config field 'training.batchsize'", "Did you mean config.training.batch_size?"
+    )
 
 
 def test_wrong_type(tmp_path):
@@ -52,19 +60,23 @@ def test_missing_workdir():
     assert_user_error(run_main(TOY, "--mode=train"), "--workdir")
 
 
-@pytest.mark.parametrize("field,value,valid", [
-    ("data.dataset", "imagenet", "cifar10"),
-    ("model.name", "unet", "ncsnv2"),
-    ("training.loss", "ism", "ssm_vr"),
-])
+@pytest.mark.parametrize(
+    "field,value,valid",
+    [
+        ("data.dataset", "imagenet", "cifar10"),
+        ("model.name", "unet", "ncsnv2"),
+        ("training.loss", "ism", "ssm_vr"),
+    ],
+)
 def test_unknown_names_list_the_valid_ones(tmp_path, field, value, valid):
     result = run_main(TOY, f"--workdir={tmp_path}", "--mode=train", f"--config.{field}={value}")
     assert_user_error(result, f"config.{field}={value!r}", valid)
 
 
 def test_sample_without_checkpoint(tmp_path):
-    assert_user_error(run_main(TOY, f"--workdir={tmp_path}", "--mode=sample"), "No checkpoint",
-                      "--mode=train")
+    assert_user_error(
+        run_main(TOY, f"--workdir={tmp_path}", "--mode=sample"), "No checkpoint", "--mode=train"
+    )
 
 
 def test_checkpoint_of_another_model_config(trained_toy):
@@ -76,15 +88,25 @@ def test_checkpoint_of_another_model_config(trained_toy):
 
 def test_resuming_with_another_model_config(trained_toy):
     before = snapshot_tree(trained_toy)
-    result = run_main(TOY, f"--workdir={trained_toy}", "--mode=train", *FAST, "--config.training.n_iters=40",
-                      "--config.model.hidden_dims=64,64")
+    result = run_main(
+        TOY,
+        f"--workdir={trained_toy}",
+        "--mode=train",
+        *FAST,
+        "--config.training.n_iters=40",
+        "--config.model.hidden_dims=64,64",
+    )
     assert_user_error(result, "different model", "hidden_0", "hidden_dims")
     assert snapshot_tree(trained_toy) == before
 
 
 def test_unprepared_tfds_dataset(tmp_path):
-    result = run_main("--config=configs/cifar10.py", f"--workdir={tmp_path / 'w'}", "--mode=train",
-                      f"--config.data.data_dir={tmp_path / 'no_data'}")
+    result = run_main(
+        "--config=configs/cifar10.py",
+        f"--workdir={tmp_path / 'w'}",
+        "--mode=train",
+        f"--config.data.data_dir={tmp_path / 'no_data'}",
+    )
     assert_user_error(result, "cifar10", "tfds build")
 
 
@@ -115,7 +137,11 @@ def test_only_checkpoint_unreadable_stops_train_and_sample(trained_toy, tmp_path
     before = snapshot_tree(workdir)
     for mode in ("train", "sample"):
         result = run_main(TOY, f"--workdir={workdir}", f"--mode={mode}", *FAST)
-        assert_user_error(result, f"None of the checkpoints in {workdir} can be read", f"{checkpoint}: ",
-                          "Move them out of the way")
+        assert_user_error(
+            result,
+            f"None of the checkpoints in {workdir} can be read",
+            f"{checkpoint}: ",
+            "Move them out of the way",
+        )
         assert "Event loop is closed" not in result.stderr
         assert snapshot_tree(workdir) == before

@@ -59,10 +59,16 @@ PUBLISHED = {
         optim=dict(lr=1e-4),
         sampling=dict(n_steps_each=5, step_lr=2 * 3.3e-6, denoise=True),
     ),
-    "cifar10_ncsn": dict(_NCSN, data=dict(dataset="cifar10", image_size=32, num_channels=3),
-                         model=dict(_NCSN["model"], ngf=128)),
-    "mnist": dict(_NCSN, data=dict(dataset="mnist", image_size=28, num_channels=1, random_flip=False),
-                  model=dict(_NCSN["model"], ngf=64)),
+    "cifar10_ncsn": dict(
+        _NCSN,
+        data=dict(dataset="cifar10", image_size=32, num_channels=3),
+        model=dict(_NCSN["model"], ngf=128),
+    ),
+    "mnist": dict(
+        _NCSN,
+        data=dict(dataset="mnist", image_size=28, num_channels=1, random_flip=False),
+        model=dict(_NCSN["model"], ngf=64),
+    ),
 }
 
 
@@ -73,8 +79,11 @@ def load_config(name: str) -> ml_collections.ConfigDict:
 def field_names(config: ml_collections.ConfigDict, prefix: str = "") -> set[str]:
     names = set()
     for key, value in config.items():
-        names |= field_names(value, f"{prefix}{key}.") if isinstance(value, ml_collections.ConfigDict) else {
-            prefix + key}
+        names |= (
+            field_names(value, f"{prefix}{key}.")
+            if isinstance(value, ml_collections.ConfigDict)
+            else {prefix + key}
+        )
     return names
 
 
@@ -105,8 +114,9 @@ def test_published_hyperparameters(name):
     sigmas = config_lib.sigmas(config)
     published = PUBLISHED[name]["model"]
     assert len(sigmas) == published["num_scales"]
-    np.testing.assert_allclose([sigmas[0], sigmas[-1]], [published["sigma_max"], published["sigma_min"]],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        [sigmas[0], sigmas[-1]], [published["sigma_max"], published["sigma_min"]], rtol=1e-6
+    )
     np.testing.assert_allclose(sigmas[1:] / sigmas[:-1], sigmas[1] / sigmas[0], rtol=1e-5)  # geometric
 
 
@@ -133,8 +143,9 @@ def test_ncsnv2_configs_agree_with_the_techniques(name, overlap_levels):
     # Technique 4 for the published L and T reproduces the published step size (ours = 2 x reference).
     step_lr = noise.langevin_step_lr(config_lib.sigmas(config), dim, config.sampling.n_steps_each)
     assert step_lr == pytest.approx(config.sampling.step_lr, rel=0.02)
-    reference = noise.langevin_step_lr(config_lib.sigmas(config), dim, config.sampling.n_steps_each,
-                                       convention="reference")
+    reference = noise.langevin_step_lr(
+        config_lib.sigmas(config), dim, config.sampling.n_steps_each, convention="reference"
+    )
     assert reference == pytest.approx(config.sampling.step_lr / 2, rel=0.02)
 
 
@@ -220,9 +231,16 @@ def test_one_train_step_and_a_sampling_pass(name, mock_tfds, tmp_path):
     initial = train.init_train_state(model, config, example_shape, optimizer).params
     lr, m = config.optim.lr, config.model.ema_rate
     adam = config.optim
-    leaves = [jax.tree.leaves(tree) for tree in (initial, state.params, state.ema_params,
-                                                 optax.tree_utils.tree_get(state.opt_state, "mu"),
-                                                 optax.tree_utils.tree_get(state.opt_state, "nu"))]
+    leaves = [
+        jax.tree.leaves(tree)
+        for tree in (
+            initial,
+            state.params,
+            state.ema_params,
+            optax.tree_utils.tree_get(state.opt_state, "mu"),
+            optax.tree_utils.tree_get(state.opt_state, "nu"),
+        )
+    ]
     moved = 0
     for p0, p1, ema, mu, nu in zip(*leaves, strict=True):
         p0, p1, ema, mu, nu = (np.asarray(a, np.float64) for a in (p0, p1, ema, mu, nu))

@@ -230,10 +230,12 @@ def test_ncsn_checkpoint_without_ema_converts(torch_ref, ncsn_checkpoint, tmp_pa
 
 def test_auto_noise_levels_without_a_sigmas_buffer_are_refused(ncsn_checkpoint, tmp_path):
     path, _ = ncsn_checkpoint
-    result = run_convert(f"--checkpoint={path}", *V1_ARGS, "--config.model.sigma_max=auto",
-                         f"--workdir={tmp_path / 'w'}")
-    assert_one_line_error(result, "config.model.sigma_max is 'auto'", "no 'sigmas' buffer",
-                          "--config.model.sigma_max")
+    result = run_convert(
+        f"--checkpoint={path}", *V1_ARGS, "--config.model.sigma_max=auto", f"--workdir={tmp_path / 'w'}"
+    )
+    assert_one_line_error(
+        result, "config.model.sigma_max is 'auto'", "no 'sigmas' buffer", "--config.model.sigma_max"
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -271,17 +273,24 @@ def test_pickled_objects_need_trust_checkpoint(ncsnv2_checkpoint, tmp_path):
 def test_checkpoint_of_another_config_names_the_keys(ncsnv2_checkpoint, tmp_path):
     path, _, _ = ncsnv2_checkpoint
     workdir = tmp_path / "w"
-    result = run_convert(f"--checkpoint={path}", "--config=configs/digits.py", "--config.model.ngf=8",
-                         f"--workdir={workdir}")
-    assert_one_line_error(result, "do not fit --config", "begin_conv.weight: checkpoint (4, 1, 3, 3) != "
-                          "model (8, 1, 3, 3)")
+    result = run_convert(
+        f"--checkpoint={path}", "--config=configs/digits.py", "--config.model.ngf=8", f"--workdir={workdir}"
+    )
+    assert_one_line_error(
+        result, "do not fit --config", "begin_conv.weight: checkpoint (4, 1, 3, 3) != model (8, 1, 3, 3)"
+    )
     assert not (workdir / "checkpoints").exists() or not os.listdir(workdir / "checkpoints")
 
 
 def test_checkpoint_with_other_noise_levels(ncsnv2_checkpoint, tmp_path):
     path, _, _ = ncsnv2_checkpoint
-    result = run_convert(f"--checkpoint={path}", *V2_ARGS, "--config.model.sigma_max=50.0",
-                         "--config.model.num_scales=7", f"--workdir={tmp_path / 'w'}")
+    result = run_convert(
+        f"--checkpoint={path}",
+        *V2_ARGS,
+        "--config.model.sigma_max=50.0",
+        "--config.model.num_scales=7",
+        f"--workdir={tmp_path / 'w'}",
+    )
     assert_one_line_error(result, "noise levels", "sigma_max=50.0")
 
 

@@ -48,8 +48,12 @@ def sorted_rows(x: np.ndarray) -> np.ndarray:
 
 
 def concat_process_slices(source, step: int, batch_size: int, process_count: int) -> np.ndarray:
-    return np.concatenate([source.get_batch(step, batch_size, process_index=p, process_count=process_count)
-                           for p in range(process_count)])
+    return np.concatenate(
+        [
+            source.get_batch(step, batch_size, process_index=p, process_count=process_count)
+            for p in range(process_count)
+        ]
+    )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -107,8 +111,9 @@ def test_digits_deterministic_and_process_slices_with_augmentation():
     for process_count in (2, 4):
         np.testing.assert_array_equal(concat_process_slices(second, 5, 64, process_count), batch)
     assert not np.allclose(batch, first.get_batch(6, 64))
-    other_seed = datasets.create_dataset(make_config("digits", seed=SEED + 1, random_flip=True,
-                                                     uniform_dequantization=True))
+    other_seed = datasets.create_dataset(
+        make_config("digits", seed=SEED + 1, random_flip=True, uniform_dequantization=True)
+    )
     assert not np.allclose(batch, other_seed.get_batch(5, 64))
 
 
@@ -133,8 +138,10 @@ def test_sample_examples_are_clean_distinct_and_seeded(digit_images):
     config = make_config("digits", random_flip=True, uniform_dequantization=True)
     source = datasets.create_dataset(config)
     examples = source.sample_examples(50, seed=1)
-    split_images = {(img / 16).astype(np.float32).tobytes()
-                    for img in digit_images[datasets.digits_split_indices("train")]}
+    split_images = {
+        (img / 16).astype(np.float32).tobytes()
+        for img in digit_images[datasets.digits_split_indices("train")]
+    }
     assert examples.shape == (50, 8, 8, 1)
     assert all(np.ascontiguousarray(x[..., 0]).tobytes() in split_images for x in examples)  # no augmentation
     np.testing.assert_array_equal(examples, source.sample_examples(50, seed=1))
@@ -275,13 +282,16 @@ def test_tfds_random_flips_mirror_half_the_images(mock_tfds):
 
 
 def test_tfds_resize_and_sample_examples(mock_tfds):
-    source = datasets.create_dataset(make_config("mnist", image_size=32, random_flip=True,
-                                                 uniform_dequantization=True))
+    source = datasets.create_dataset(
+        make_config("mnist", image_size=32, random_flip=True, uniform_dequantization=True)
+    )
     assert source.example_shape == (32, 32, 1)
     examples = source.sample_examples(10, seed=0)
     everything = reference_images("mnist", "mnist", range(MOCK_EXAMPLES))
-    resized = {np.asarray(Image.fromarray(img[..., 0]).resize((32, 32), Image.Resampling.BILINEAR)).tobytes()
-               for img in everything}
+    resized = {
+        np.asarray(Image.fromarray(img[..., 0]).resize((32, 32), Image.Resampling.BILINEAR)).tobytes()
+        for img in everything
+    }
     assert examples.shape == (10, 32, 32, 1)
     for x in examples:  # clean: exactly a resized source image over 255
         v = np.round(x[..., 0].astype(np.float64) * 255).astype(np.uint8)
@@ -340,8 +350,10 @@ def test_not_prepared_dataset_says_the_prepare_command(tmp_path):
         datasets.create_dataset(make_config("cifar10"), data_dir=data_dir)
     message = str(info.value)
     assert isinstance(info.value, ValueError)
-    assert (f"pip install tensorflow-cpu importlib_resources && "
-            f"tfds build cifar10 --data_dir={data_dir} --file_format=array_record") in message
+    assert (
+        f"pip install tensorflow-cpu importlib_resources && "
+        f"tfds build cifar10 --data_dir={data_dir} --file_format=array_record"
+    ) in message
     assert os.listdir(data_dir) == []  # nothing was downloaded or written
 
     with pytest.raises(datasets.DatasetNotPreparedError) as info:  # data_dir from the config

@@ -67,17 +67,29 @@ def free_port() -> int:
 
 
 def cpu_env(devices: int, **extra: str) -> dict[str, str]:
-    return dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
-                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", **extra)
+    return dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        TF_CPP_MIN_LOG_LEVEL="3",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        **extra,
+    )
 
 
 def run_processes(argv: list[str], extra_env=lambda process_id, port: {}, timeout: int = 400):
     """Start ``PROCESSES`` copies of ``argv`` (``LOCAL_DEVICES`` CPU devices each); wait for all of them."""
     port = free_port()
-    procs = [subprocess.Popen(argv(process_id, port), cwd=REPO, text=True, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE,
-                              env=cpu_env(LOCAL_DEVICES, **extra_env(process_id, port)))
-             for process_id in range(PROCESSES)]
+    procs = [
+        subprocess.Popen(
+            argv(process_id, port),
+            cwd=REPO,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=cpu_env(LOCAL_DEVICES, **extra_env(process_id, port)),
+        )
+        for process_id in range(PROCESSES)
+    ]
     try:
         results = [p.communicate(timeout=timeout) for p in procs]
     finally:
@@ -85,19 +97,31 @@ def run_processes(argv: list[str], extra_env=lambda process_id, port: {}, timeou
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    return [subprocess.CompletedProcess(p.args, p.returncode, out, err)
-            for p, (out, err) in zip(procs, results, strict=True)]
+    return [
+        subprocess.CompletedProcess(p.args, p.returncode, out, err)
+        for p, (out, err) in zip(procs, results, strict=True)
+    ]
 
 
 @pytest.mark.slow
 def test_two_processes_of_four_devices_give_the_single_process_eight_device_losses():
-    single = subprocess.run([sys.executable, "-c", textwrap.dedent(LOSSES)], cwd=REPO, env=cpu_env(8),
-                            capture_output=True, text=True, timeout=400)
+    single = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(LOSSES)],
+        cwd=REPO,
+        env=cpu_env(8),
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     check_ok(single)
     multi = run_processes(
         lambda process_id, port: [sys.executable, "-c", textwrap.dedent(LOSSES)],
-        lambda process_id, port: {"COORDINATOR": f"localhost:{port}", "NUM_PROCESSES": str(PROCESSES),
-                                  "PROCESS_ID": str(process_id)})
+        lambda process_id, port: {
+            "COORDINATOR": f"localhost:{port}",
+            "NUM_PROCESSES": str(PROCESSES),
+            "PROCESS_ID": str(process_id),
+        },
+    )
     for result in multi:
         check_ok(result)
     single = json.loads(single.stdout.splitlines()[-1])
@@ -111,15 +135,29 @@ def test_two_processes_of_four_devices_give_the_single_process_eight_device_loss
 
 @pytest.mark.slow
 def test_two_process_training_writes_once_and_its_checkpoint_restores_in_one_process(tmp_path):
-    train = ["--config=configs/toy.py", "--mode=train", "--config.training.n_iters=20",
-             "--config.training.batch_size=64", "--config.training.steps_per_call=5",
-             "--config.training.log_freq=10", "--config.training.snapshot_freq=10",
-             "--config.sampling.snapshot_batch_size=16", "--config.sampling.n_steps_each=5"]
+    train = [
+        "--config=configs/toy.py",
+        "--mode=train",
+        "--config.training.n_iters=20",
+        "--config.training.batch_size=64",
+        "--config.training.steps_per_call=5",
+        "--config.training.log_freq=10",
+        "--config.training.snapshot_freq=10",
+        "--config.sampling.snapshot_batch_size=16",
+        "--config.sampling.n_steps_each=5",
+    ]
     multi_dir, single_dir = str(tmp_path / "two_processes"), str(tmp_path / "one_process")
-    results = run_processes(lambda process_id, port: [
-        sys.executable, "main.py", *train, f"--workdir={multi_dir}",
-        f"--coordinator_address=localhost:{port}", f"--num_processes={PROCESSES}",
-        f"--process_id={process_id}"])
+    results = run_processes(
+        lambda process_id, port: [
+            sys.executable,
+            "main.py",
+            *train,
+            f"--workdir={multi_dir}",
+            f"--coordinator_address=localhost:{port}",
+            f"--num_processes={PROCESSES}",
+            f"--process_id={process_id}",
+        ]
+    )
     for result in results:
         check_ok(result)
     assert "process 1 of 2" in results[1].stderr and "8 device(s) in all, 4 local" in results[1].stderr
@@ -135,8 +173,13 @@ def test_two_process_training_writes_once_and_its_checkpoint_restores_in_one_pro
     # The checkpoint of the 2-process run restores in a 1-process run: sampling from it, and its state equals
     # (to float reduction order) the state of the same run on 1 process × 8 devices.
     check_ok(run_main(*train, f"--workdir={single_dir}", devices=8))
-    sample = run_main("--config=configs/toy.py", f"--workdir={multi_dir}", "--mode=sample",
-                      "--config.sampling.batch_size=100", "--config.sampling.n_steps_each=5")
+    sample = run_main(
+        "--config=configs/toy.py",
+        f"--workdir={multi_dir}",
+        "--mode=sample",
+        "--config.sampling.batch_size=100",
+        "--config.sampling.n_steps_each=5",
+    )
     check_ok(sample)
     samples = np.load(os.path.join(multi_dir, "samples", "20", "samples.npz"))["samples"]
     assert samples.shape == (100, 2) and np.all(np.isfinite(samples))

@@ -61,7 +61,9 @@ def assert_within_standard_errors(estimate, expected, standard_error):
     estimate, expected, standard_error = map(np.asarray, (estimate, expected, standard_error))
     error = np.abs(estimate - expected)
     bound = N_STANDARD_ERRORS * standard_error
-    assert np.all(error <= bound), f"max |error|/bound = {np.max(error / bound):.3g} (error {error}, bound {bound})"
+    assert np.all(error <= bound), (
+        f"max |error|/bound = {np.max(error / bound):.3g} (error {error}, bound {bound})"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -222,7 +224,8 @@ def test_ssm_vr_has_smaller_variance_than_ssm(linear_problem):
     quadratic = np.broadcast_to(A, (len(x),) + A.shape)
     predicted_vr = np.sum(quadratic_form_variance(quadratic, "gaussian")) / len(x) ** 2
     predicted_ssm = (
-        np.sum(quadratic_form_variance(quadratic + 0.5 * s[:, :, None] * s[:, None, :], "gaussian")) / len(x) ** 2
+        np.sum(quadratic_form_variance(quadratic + 0.5 * s[:, :, None] * s[:, None, :], "gaussian"))
+        / len(x) ** 2
     )
     assert 0.7 < var_vr / predicted_vr < 1.4, (var_vr, predicted_vr)
     assert 0.5 < var_ssm / predicted_ssm < 2.0, (var_ssm, predicted_ssm)
@@ -254,7 +257,9 @@ def test_dsm_zero_score_is_half_noise_norm(anneal_power):
     x = jax.random.uniform(jax.random.key(10), (batch, dim))
     record = []
     score_fn = _recording_score_fn(lambda x_tilde, sigma: jnp.zeros_like(x_tilde), record)
-    loss, aux = losses.denoising_score_matching(score_fn, x, SIGMAS, jax.random.key(11), anneal_power=anneal_power)
+    loss, aux = losses.denoising_score_matching(
+        score_fn, x, SIGMAS, jax.random.key(11), anneal_power=anneal_power
+    )
 
     [(x_tilde, sigma)] = record
     assert aux["sigma_idx"].dtype == jnp.int32 and aux["per_example_loss"].dtype == jnp.float32
@@ -306,7 +311,9 @@ def test_dsm_gradient_vanishes_at_analytic_optimum():
         def score_fn(x_tilde, _):
             return theta[0] * x_tilde + theta[1:]
 
-        return losses.denoising_score_matching(score_fn, x, jnp.array([sigma]), loss_key)[1]["per_example_loss"]
+        return losses.denoising_score_matching(score_fn, x, jnp.array([sigma]), loss_key)[1][
+            "per_example_loss"
+        ]
 
     per_example_grads = jax.jit(jax.jacfwd(per_example_loss))  # (B, 3)
 
@@ -318,7 +325,9 @@ def test_dsm_gradient_vanishes_at_analytic_optimum():
     assert_within_standard_errors(grad_opt, np.zeros(3), se_opt)
     for perturbation in (np.array([0.2, 0.0, 0.0]), np.array([0.0, 0.2, -0.2])):
         grad, se = mean_and_standard_error(theta_opt + perturbation * np.abs(theta_opt))
-        assert np.max(np.abs(grad) / se) > 2 * N_STANDARD_ERRORS, "the test must be able to detect a wrong optimum"
+        assert np.max(np.abs(grad) / se) > 2 * N_STANDARD_ERRORS, (
+            "the test must be able to detect a wrong optimum"
+        )
 
 
 def test_dsm_sigma_idx_is_uniform_over_levels():
@@ -351,7 +360,9 @@ def test_annealed_ssm_vr_equals_annealed_exact_for_isotropic_gaussian():
         return -(x_tilde - mu) / (tau**2 + sigma[:, None] ** 2)
 
     _, exact = losses.annealed_exact_score_matching(noisy_score, x, sigmas, loss_key)
-    _, sliced = losses.annealed_sliced_score_matching(noisy_score, x, sigmas, loss_key, projection="rademacher")
+    _, sliced = losses.annealed_sliced_score_matching(
+        noisy_score, x, sigmas, loss_key, projection="rademacher"
+    )
     np.testing.assert_array_equal(exact["sigma_idx"], sliced["sigma_idx"])
     np.testing.assert_allclose(sliced["per_example_loss"], exact["per_example_loss"], rtol=1e-5, atol=1e-6)
 
@@ -496,7 +507,9 @@ def test_losses_jit_matches_eager_and_are_deterministic(conditional_problem):
     for name in losses.LOSSES:
         (value, aux), (eager_value, eager_aux) = compiled[name], eager[name]
         np.testing.assert_allclose(value, eager_value, rtol=1e-5, err_msg=name)
-        np.testing.assert_allclose(aux["per_example_loss"], eager_aux["per_example_loss"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            aux["per_example_loss"], eager_aux["per_example_loss"], rtol=1e-5, atol=1e-6
+        )
         np.testing.assert_array_equal(aux["sigma_idx"], eager_aux["sigma_idx"])
         assert aux["per_example_loss"].dtype == jnp.float32 and aux["sigma_idx"].dtype == jnp.int32
         assert float(again[name][0]) == float(value), f"{name}: the same key must give the same value"
@@ -572,7 +585,12 @@ def test_losses_are_sharding_invariant():
         "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
     }
     result = subprocess.run(
-        [sys.executable, "-c", SHARDING_SCRIPT], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", SHARDING_SCRIPT],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
@@ -581,5 +599,7 @@ def test_losses_are_sharding_invariant():
     for name, entry in report.items():
         assert entry["n_devices"] == 8, (name, entry)
         assert entry["max_abs_diff"] <= 1e-5 * max(1.0, entry["scale"]), (name, entry)
-        if name.startswith("Explicit/"):  # sharding in types: the per-example losses stay sharded like the batch
+        if name.startswith(
+            "Explicit/"
+        ):  # sharding in types: the per-example losses stay sharded like the batch
             assert entry["batch_axis_sharding"] == "data", (name, entry)

@@ -20,20 +20,29 @@ def run_main(*args: str, devices: int = 1, timeout: int = 600) -> subprocess.Com
     env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
     if devices > 1:
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    return subprocess.run([sys.executable, "main.py", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "main.py", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def run_python(code: str, devices: int = 1, timeout: int = 600) -> subprocess.CompletedProcess:
     env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
     if devices > 1:
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def check_ok(result: subprocess.CompletedProcess) -> None:
-    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr[-5000:]}"
+    assert result.returncode == 0, (
+        f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr[-5000:]}"
+    )
 
 
 def positive_mode_weight(samples: np.ndarray) -> float:
@@ -43,8 +52,12 @@ def positive_mode_weight(samples: np.ndarray) -> float:
 
 def test_toy_train_then_sample_recovers_mixture_weights(tmp_path):
     workdir = str(tmp_path / "toy")
-    overrides = ["--config.training.n_iters=1500", "--config.training.snapshot_freq=750",
-                 "--config.training.snapshot_sampling=False", "--config.sampling.batch_size=1000"]
+    overrides = [
+        "--config.training.n_iters=1500",
+        "--config.training.snapshot_freq=750",
+        "--config.training.snapshot_sampling=False",
+        "--config.sampling.batch_size=1000",
+    ]
     check_ok(run_main("--config=configs/toy.py", f"--workdir={workdir}", "--mode=train", *overrides))
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["1500", "750"]
     check_ok(run_main("--config=configs/toy.py", f"--workdir={workdir}", "--mode=sample", *overrides))
@@ -71,13 +84,19 @@ def test_toy_defaults_without_overrides(tmp_path):
 
 @pytest.mark.slow
 def test_digits_end_to_end_with_auto_noise_schedule(tmp_path):
-    from ncsn_jax import datasets, noise
     from configs import digits
+    from ncsn_jax import datasets, noise
 
     workdir = str(tmp_path / "digits")
-    overrides = ["--config.training.n_iters=60", "--config.training.log_freq=20",
-                 "--config.training.snapshot_freq=60", "--config.training.snapshot_sampling=False",
-                 "--config.model.ngf=8", "--config.sampling.batch_size=8", "--config.sampling.n_steps_each=1"]
+    overrides = [
+        "--config.training.n_iters=60",
+        "--config.training.log_freq=20",
+        "--config.training.snapshot_freq=60",
+        "--config.training.snapshot_sampling=False",
+        "--config.model.ngf=8",
+        "--config.sampling.batch_size=8",
+        "--config.sampling.n_steps_each=1",
+    ]
     check_ok(run_main("--config=configs/digits.py", f"--workdir={workdir}", "--mode=train", *overrides))
     check_ok(run_main("--config=configs/digits.py", f"--workdir={workdir}", "--mode=sample", *overrides))
 
@@ -129,15 +148,21 @@ def test_loss_trajectory_is_the_same_on_one_and_eight_devices():
     check_ok(eight)
     one, eight = json.loads(one.stdout.splitlines()[-1]), json.loads(eight.stdout.splitlines()[-1])
     assert (one["devices"], eight["devices"]) == (1, 8)
-    assert eight["shards"] == 8 and eight["rows"] == [8]        # the global batch of 64 split 8 ways
+    assert eight["shards"] == 8 and eight["rows"] == [8]  # the global batch of 64 split 8 ways
     assert len(one["losses"]) == 20
     # Same randomness per example on any device count: only the float reduction order differs.
     np.testing.assert_allclose(eight["losses"], one["losses"], rtol=1e-4)
 
 
 def test_batch_not_divisible_by_device_count_is_a_clear_error(tmp_path):
-    result = run_main("--config=configs/toy.py", f"--workdir={tmp_path}", "--mode=train",
-                      "--config.training.batch_size=100", "--config.training.n_iters=1", devices=8)
+    result = run_main(
+        "--config=configs/toy.py",
+        f"--workdir={tmp_path}",
+        "--mode=train",
+        "--config.training.batch_size=100",
+        "--config.training.n_iters=1",
+        devices=8,
+    )
     assert result.returncode == 2
     assert "config.training.batch_size=100 is not divisible by the number of devices (8" in result.stderr
     assert "Traceback" not in result.stderr
@@ -145,9 +170,15 @@ def test_batch_not_divisible_by_device_count_is_a_clear_error(tmp_path):
 
 def test_resumed_training_equals_uninterrupted_training(tmp_path):
     """Stopping after 40 steps and starting the same command again ends where one 80-step run ends."""
-    base = ["--config=configs/toy.py", "--mode=train", "--config.training.snapshot_sampling=False",
-            "--config.training.preemption_freq=20", "--config.training.snapshot_freq=40",
-            "--config.training.steps_per_call=10", "--config.training.log_freq=20"]
+    base = [
+        "--config=configs/toy.py",
+        "--mode=train",
+        "--config.training.snapshot_sampling=False",
+        "--config.training.preemption_freq=20",
+        "--config.training.snapshot_freq=40",
+        "--config.training.steps_per_call=10",
+        "--config.training.log_freq=20",
+    ]
     check_ok(run_main(*base, f"--workdir={tmp_path / 'straight'}", "--config.training.n_iters=80"))
     check_ok(run_main(*base, f"--workdir={tmp_path / 'resumed'}", "--config.training.n_iters=40"))
     check_ok(run_main(*base, f"--workdir={tmp_path / 'resumed'}", "--config.training.n_iters=80"))
@@ -163,8 +194,12 @@ def test_resumed_training_equals_uninterrupted_training(tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(*leaves)), "params differ"
     print("identical")
     """
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code), str(tmp_path / "straight"),
-                             str(tmp_path / "resumed")], cwd=REPO, capture_output=True, text=True,
-                            env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), str(tmp_path / "straight"), str(tmp_path / "resumed")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
     check_ok(result)
     assert "identical" in result.stdout

@@ -26,9 +26,13 @@ from tests.test_main import check_ok, run_main
 from tests.test_preemption import read_state, tree_listing
 
 BASE = [
-    "--config=configs/toy.py", "--mode=train", "--config.model.hidden_dims=32,32",
-    "--config.training.steps_per_call=5", "--config.training.log_freq=10",
-    "--config.training.preemption_freq=10", "--config.training.snapshot_freq=20",
+    "--config=configs/toy.py",
+    "--mode=train",
+    "--config.model.hidden_dims=32,32",
+    "--config.training.steps_per_call=5",
+    "--config.training.log_freq=10",
+    "--config.training.preemption_freq=10",
+    "--config.training.snapshot_freq=20",
     "--config.training.snapshot_sampling=False",
 ]
 SKIPPED = re.compile(r"Skipped the non-finite update of step (\d+) \((\d+) of (\d+) allowed")
@@ -56,17 +60,24 @@ def test_nonfinite_loss_stops_training_and_keeps_the_last_good_checkpoint(traine
     good = f"Last good checkpoint: step 20 in {os.path.join(trained, 'checkpoints')}"
 
     result = run_main(*BASE, f"--workdir={trained}", "--config.training.n_iters=40", "--config.optim.lr=1e30")
-    assert_user_error(result, "non-finite loss, gradient or update at step 22 (1 non-finite step(s) so far",
-                      good)
+    assert_user_error(
+        result, "non-finite loss, gradient or update at step 22 (1 non-finite step(s) so far", good
+    )
     assert skipped_steps(result.stderr) == []
     assert checkpoint_files(trained) == before
 
     # Skip-and-count: three skips are allowed, the fourth stops training.
-    result = run_main(*BASE, f"--workdir={trained}", "--config.training.n_iters=40", "--config.optim.lr=1e30",
-                      "--config.training.nonfinite_tolerance=3")
+    result = run_main(
+        *BASE,
+        f"--workdir={trained}",
+        "--config.training.n_iters=40",
+        "--config.optim.lr=1e30",
+        "--config.training.nonfinite_tolerance=3",
+    )
     assert skipped_steps(result.stderr) == [(22, 1, 3), (23, 2, 3), (24, 3, 3)]
-    assert_user_error(result, "non-finite loss, gradient or update at step 25 (4 non-finite step(s) so far",
-                      good)
+    assert_user_error(
+        result, "non-finite loss, gradient or update at step 25 (4 non-finite step(s) so far", good
+    )
     assert checkpoint_files(trained) == before
 
 
@@ -76,8 +87,14 @@ def test_nonfinite_update_with_finite_gradients_is_neither_applied_nor_saved(tra
     workdir = str(tmp_path / "toy")
     shutil.copytree(trained, workdir)
     before = checkpoint_files(workdir)
-    result = run_main(*BASE, f"--workdir={workdir}", "--config.training.n_iters=40", "--config.optim.lr=1e39",
-                      "--config.training.steps_per_call=1", "--config.training.preemption_freq=1")
+    result = run_main(
+        *BASE,
+        f"--workdir={workdir}",
+        "--config.training.n_iters=40",
+        "--config.optim.lr=1e39",
+        "--config.training.steps_per_call=1",
+        "--config.training.preemption_freq=1",
+    )
     assert_user_error(result, "non-finite loss, gradient or update at step 21 (1 non-finite step(s) so far")
     assert checkpoint_files(workdir) == before
     state = read_state(os.path.join(workdir, "checkpoints", "20"))
@@ -86,13 +103,19 @@ def test_nonfinite_update_with_finite_gradients_is_neither_applied_nor_saved(tra
 
 @pytest.mark.slow
 def test_transient_nonfinite_steps_are_skipped_and_counted_within_the_limit(tmp_path):
-    tiny_sigma = ["--config.model.sigma_max=1", "--config.model.sigma_min=1e-20",
-                  "--config.model.num_scales=21", "--config.training.batch_size=4",
-                  "--config.training.steps_per_call=10",
-                  "--config.training.snapshot_freq=50", "--config.training.n_iters=50"]
+    tiny_sigma = [
+        "--config.model.sigma_max=1",
+        "--config.model.sigma_min=1e-20",
+        "--config.model.num_scales=21",
+        "--config.training.batch_size=4",
+        "--config.training.steps_per_call=10",
+        "--config.training.snapshot_freq=50",
+        "--config.training.n_iters=50",
+    ]
     workdir = str(tmp_path / "skip")
-    result = run_main(*BASE, *tiny_sigma, f"--workdir={workdir}",
-                      "--config.training.nonfinite_tolerance=1000")
+    result = run_main(
+        *BASE, *tiny_sigma, f"--workdir={workdir}", "--config.training.nonfinite_tolerance=1000"
+    )
     check_ok(result)
     skipped = skipped_steps(result.stderr)
     steps = [s for s, _, _ in skipped]
@@ -106,25 +129,40 @@ def test_transient_nonfinite_steps_are_skipped_and_counted_within_the_limit(tmp_
     # The same run with a lower limit stops exactly at the first skip beyond it, after the same skips.
     limit = len(steps) // 2
     workdir = str(tmp_path / "stop")
-    result = run_main(*BASE, *tiny_sigma, f"--workdir={workdir}",
-                      f"--config.training.nonfinite_tolerance={limit}")
+    result = run_main(
+        *BASE, *tiny_sigma, f"--workdir={workdir}", f"--config.training.nonfinite_tolerance={limit}"
+    )
     last_saved = (steps[limit] - 1) // 10 * 10  # checkpoints every 10 steps, at the end of each 10-step call
-    good = (f"step {last_saved} in {os.path.join(workdir, 'checkpoints-preemption')}" if last_saved
-            else "none (no checkpoint was written yet)")
-    assert_user_error(result, f"at step {steps[limit]} ({limit + 1} non-finite step(s) so far, "
-                              f"config.training.nonfinite_tolerance={limit})",
-                      f"Last good checkpoint: {good}")
+    good = (
+        f"step {last_saved} in {os.path.join(workdir, 'checkpoints-preemption')}"
+        if last_saved
+        else "none (no checkpoint was written yet)"
+    )
+    assert_user_error(
+        result,
+        f"at step {steps[limit]} ({limit + 1} non-finite step(s) so far, "
+        f"config.training.nonfinite_tolerance={limit})",
+        f"Last good checkpoint: {good}",
+    )
     assert [s for s, _, _ in skipped_steps(result.stderr)] == steps[:limit]
 
 
 def test_nonfinite_samples_name_the_noise_level(trained):
     before = checkpoint_files(trained)
-    result = run_main("--config=configs/toy.py", f"--workdir={trained}", "--mode=sample",
-                      "--config.model.hidden_dims=32,32", "--config.sampling.batch_size=100",
-                      "--config.sampling.step_lr=1e30")
+    result = run_main(
+        "--config=configs/toy.py",
+        f"--workdir={trained}",
+        "--mode=sample",
+        "--config.model.hidden_dims=32,32",
+        "--config.sampling.batch_size=100",
+        "--config.sampling.step_lr=1e30",
+    )
     # The first level (σ = 20 in the toy config) overflows: x moves by √(ε σ₁²/σ_L²) ~ 1e16 in one step.
-    assert_user_error(result, "Sampling produced non-finite values first at noise level 0 (sigma=20)",
-                      "config.sampling.step_lr")
+    assert_user_error(
+        result,
+        "Sampling produced non-finite values first at noise level 0 (sigma=20)",
+        "config.sampling.step_lr",
+    )
     assert checkpoint_files(trained) == before
     assert not os.path.exists(os.path.join(trained, "samples"))
 
@@ -171,8 +209,9 @@ def train_toy_long(dtype: str) -> dict[str, np.ndarray]:
     step_fn = train.compile_train_step(model, config, sigmas, optimizer, mesh)
     history = []
     for start in range(0, LONG_RUN_STEPS, STEPS_PER_CALL):
-        batches = np.stack([dataset.get_batch(start + i, config.training.batch_size)
-                            for i in range(STEPS_PER_CALL)])
+        batches = np.stack(
+            [dataset.get_batch(start + i, config.training.batch_size) for i in range(STEPS_PER_CALL)]
+        )
         state, metrics = step_fn(state, parallel.global_batch(batches, mesh, leading_axes=1))
         history.append(jax.tree.map(np.asarray, metrics))
     out = {k: np.concatenate([h[k] for h in history]) for k in history[0]}

@@ -30,15 +30,23 @@ PAUSE_ENV = "NCSN_TEST_PAUSE_IN_SAVE"
 PAUSE_MARKER = "NCSN_TEST_PAUSE_IN_SAVE: paused before finalising"
 N_ITERS = 100
 TRAIN = [
-    "--config=configs/toy.py", "--mode=train", f"--config.training.n_iters={N_ITERS}",
-    "--config.model.hidden_dims=32,32", "--config.training.batch_size=64",
-    "--config.training.steps_per_call=5", "--config.training.log_freq=10",
-    "--config.training.preemption_freq=10", "--config.training.snapshot_freq=50",
+    "--config=configs/toy.py",
+    "--mode=train",
+    f"--config.training.n_iters={N_ITERS}",
+    "--config.model.hidden_dims=32,32",
+    "--config.training.batch_size=64",
+    "--config.training.steps_per_call=5",
+    "--config.training.log_freq=10",
+    "--config.training.preemption_freq=10",
+    "--config.training.snapshot_freq=50",
     "--config.training.snapshot_sampling=False",
 ]
 SAMPLE = [
-    "--config=configs/toy.py", "--mode=sample", "--config.model.hidden_dims=32,32",
-    "--config.sampling.batch_size=100", "--config.sampling.n_steps_each=10",
+    "--config=configs/toy.py",
+    "--mode=sample",
+    "--config.model.hidden_dims=32,32",
+    "--config.sampling.batch_size=100",
+    "--config.sampling.n_steps_each=10",
 ]
 # Finalised checkpoints of an uninterrupted run: periodic at 50 and 100, the newest preemption one at 90.
 CHECKPOINTS = ("checkpoints/50", "checkpoints/100", "checkpoints-preemption/90")
@@ -94,8 +102,13 @@ class Run:
             env[PAUSE_ENV] = str(pause_at)
         self.log_path = log_path
         with open(log_path, "w") as log:
-            self.process = subprocess.Popen([sys.executable, "main.py", *TRAIN, f"--workdir={workdir}"],
-                                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                [sys.executable, "main.py", *TRAIN, f"--workdir={workdir}"],
+                cwd=REPO,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
 
     def log(self) -> str:
         with open(self.log_path) as f:
@@ -106,7 +119,8 @@ class Run:
         while not condition():
             if self.process.poll() is not None:
                 raise AssertionError(
-                    f"main.py exited ({self.process.returncode}) before {what}:\n{self.log()[-4000:]}")
+                    f"main.py exited ({self.process.returncode}) before {what}:\n{self.log()[-4000:]}"
+                )
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out waiting for {what}:\n{self.log()[-4000:]}")
             time.sleep(0.005)
@@ -182,7 +196,8 @@ def test_kill_at_three_points_then_rerun_is_bit_identical(tmp_path, runs, uninte
     assert temporary_dirs(workdir) == []
     for sub in ("checkpoints", "checkpoints-preemption"):
         assert sorted(os.listdir(os.path.join(workdir, sub))) == sorted(
-            os.listdir(os.path.join(reference_dir, sub)))
+            os.listdir(os.path.join(reference_dir, sub))
+        )
     for checkpoint in CHECKPOINTS:
         state = read_state(os.path.join(workdir, checkpoint))
         assert int(state["['step']"]) == int(checkpoint.rsplit("/", 1)[1])
@@ -199,8 +214,11 @@ def truncate_manifests(checkpoint_dir: str) -> None:
 
 def truncate_array_data(checkpoint_dir: str) -> None:
     """The array data files of the state item are empty."""
-    data = [f for f in glob.glob(os.path.join(checkpoint_dir, "state", "**", "d", "*"), recursive=True)
-            if os.path.isfile(f)]
+    data = [
+        f
+        for f in glob.glob(os.path.join(checkpoint_dir, "state", "**", "d", "*"), recursive=True)
+        if os.path.isfile(f)
+    ]
     assert data
     for f in data:
         open(f, "w").close()
@@ -230,7 +248,8 @@ def test_corrupted_latest_checkpoint_training_falls_back_and_ends_identical(tmp_
     moved = os.path.join(workdir, "checkpoints-unreadable", f"checkpoints-{N_ITERS}")
     assert f"Moved the unreadable checkpoint {newest} to {moved}" in result.stderr
     assert {f: size for f, (size, _) in tree_listing(moved).items()} == {
-        f: size for f, (size, _) in corrupted_files.items()}
+        f: size for f, (size, _) in corrupted_files.items()
+    }
     for checkpoint in CHECKPOINTS:
         assert_bitwise_equal(read_state(os.path.join(workdir, checkpoint)), reference[checkpoint], checkpoint)
 

@@ -20,8 +20,14 @@ def test_ci_runs_the_readme_test_command():
 
 def test_readme_example_recovers_the_mixture_weights():
     example = re.search(r"```python\n(.*?)```", README, re.S).group(1)
-    result = subprocess.run([sys.executable, "-c", example], cwd=REPO, capture_output=True, text=True,
-                            env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", example],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     weight = float(re.search(r"weight of the \+5 mode: ([0-9.]+)", result.stdout).group(1))
     assert abs(weight - 0.8) <= 0.04

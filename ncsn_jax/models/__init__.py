@@ -36,96 +36,106 @@ MODEL_NAMES: tuple[str, ...] = registry.registered_names()
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 __all__ = [
-    "MODEL_NAMES", "CondRefineNetDilated", "NCSNv2", "NCSNv2Deeper", "NCSNv2Deepest", "NoiseConditionalMLP",
-    "create", "register", "init_variables", "get_score_fn", "conv_flops", "count_params", "example_shape",
+    "MODEL_NAMES",
+    "CondRefineNetDilated",
+    "NCSNv2",
+    "NCSNv2Deeper",
+    "NCSNv2Deepest",
+    "NoiseConditionalMLP",
+    "create",
+    "register",
+    "init_variables",
+    "get_score_fn",
+    "conv_flops",
+    "count_params",
+    "example_shape",
     "abstract_variables",
 ]
 
 
 def example_shape(config: Any) -> tuple[int, ...]:
-  """Shape of one example: ``(config.data.dim,)`` for vector data (``dataset == "toy"``: default 2),
-  otherwise ``(image_size, image_size, num_channels)``."""
-  data = config.data
-  if data.get("dim") is not None:
-    return (int(data.dim),)
-  if data.get("dataset") == "toy":
-    return (2,)
-  return (int(data.image_size), int(data.image_size), int(data.num_channels))
+    """Shape of one example: ``(config.data.dim,)`` for vector data (``dataset == "toy"``: default 2),
+    otherwise ``(image_size, image_size, num_channels)``."""
+    data = config.data
+    if data.get("dim") is not None:
+        return (int(data.dim),)
+    if data.get("dataset") == "toy":
+        return (2,)
+    return (int(data.image_size), int(data.image_size), int(data.num_channels))
 
 
 def _dummy_sigma(model: nn.Module, batch_size: int) -> jax.Array:
-  sigmas = getattr(model, "sigmas", None)  # index-conditioned models: a level of their table
-  return jnp.full((batch_size,), sigmas[0] if sigmas else 1.0, jnp.float32)
+    sigmas = getattr(model, "sigmas", None)  # index-conditioned models: a level of their table
+    return jnp.full((batch_size,), sigmas[0] if sigmas else 1.0, jnp.float32)
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _apply(model: nn.Module, variables: dict[str, Any], x: jax.Array, sigma: jax.Array) -> jax.Array:
-  return model.apply(variables, x, sigma)
+    return model.apply(variables, x, sigma)
 
 
 def init_variables(model: nn.Module, key: jax.Array, input_shape: Sequence[int] | Any) -> dict[str, Any]:
-  """``model.init`` on a zero batch of ``input_shape`` (batch dimension included, e.g. ``(1, 32, 32, 3)``).
+    """``model.init`` on a zero batch of ``input_shape`` (batch dimension included, e.g. ``(1, 32, 32, 3)``).
 
-  A config may be passed instead of the shape: a batch of one :func:`example_shape`. Runs eagerly: for
-  these networks compiling the hundreds of random initialisers costs more than running them op by op.
-  """
-  if hasattr(input_shape, "data"):
-    input_shape = (1, *example_shape(input_shape))
-  x = jnp.zeros(tuple(input_shape), jnp.float32)
-  return model.init(key, x, _dummy_sigma(model, x.shape[0]))
+    A config may be passed instead of the shape: a batch of one :func:`example_shape`. Runs eagerly: for
+    these networks compiling the hundreds of random initialisers costs more than running them op by op.
+    """
+    if hasattr(input_shape, "data"):
+        input_shape = (1, *example_shape(input_shape))
+    x = jnp.zeros(tuple(input_shape), jnp.float32)
+    return model.init(key, x, _dummy_sigma(model, x.shape[0]))
 
 
 def get_score_fn(model: nn.Module, variables: dict[str, Any]) -> ScoreFn:
-  """``score_fn(x, sigma) = model.apply(variables, x, sigma)``, compiled (one cache per model config).
+    """``score_fn(x, sigma) = model.apply(variables, x, sigma)``, compiled (one cache per model config).
 
-  For the index-conditioned NCSN a concrete sigma outside its table raises ``ValueError``; under ``jit``
-  (traced sigma) each sigma is mapped to the nearest level in log sigma (see :mod:`ncsn_jax.models.ncsn`).
-  """
-  sigmas = getattr(model, "sigmas", None)
+    For the index-conditioned NCSN a concrete sigma outside its table raises ``ValueError``; under ``jit``
+    (traced sigma) each sigma is mapped to the nearest level in log sigma (see :mod:`ncsn_jax.models.ncsn`).
+    """
+    sigmas = getattr(model, "sigmas", None)
 
-  def score_fn(x: jax.Array, sigma: jax.Array) -> jax.Array:
-    if sigmas is not None:
-      ncsn.check_sigmas_in_table(sigma, sigmas)
-    sigma = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32), (jnp.shape(x)[0],))
-    return _apply(model, variables, x, sigma)
+    def score_fn(x: jax.Array, sigma: jax.Array) -> jax.Array:
+        if sigmas is not None:
+            ncsn.check_sigmas_in_table(sigma, sigmas)
+        sigma = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32), (jnp.shape(x)[0],))
+        return _apply(model, variables, x, sigma)
 
-  return score_fn
+    return score_fn
 
 
 def count_params(params: Any) -> int:
-  """Number of scalars in a pytree of arrays (or of ``jax.ShapeDtypeStruct``)."""
-  return int(sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params)))
+    """Number of scalars in a pytree of arrays (or of ``jax.ShapeDtypeStruct``)."""
+    return int(sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params)))
 
 
 def abstract_variables(model: nn.Module, input_shape: Sequence[int]) -> dict[str, Any]:
-  """Shapes and dtypes of :func:`init_variables`' result, computed without allocating (``jax.eval_shape``).
+    """Shapes and dtypes of :func:`init_variables`' result, computed without allocating (``jax.eval_shape``).
 
-  Traces afresh on every call (no compilation cache), which :func:`conv_flops` relies on.
-  """
-  x = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
-  sigma = _dummy_sigma(model, x.shape[0])
-  return jax.eval_shape(lambda key, x: model.init(key, x, sigma), jax.random.PRNGKey(0), x)
+    Traces afresh on every call (no compilation cache), which :func:`conv_flops` relies on.
+    """
+    x = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
+    sigma = _dummy_sigma(model, x.shape[0])
+    return jax.eval_shape(lambda key, x: model.init(key, x, sigma), jax.random.PRNGKey(0), x)
 
 
 def conv_flops(model: nn.Module, input_shape: Sequence[int]) -> int:
-  """FLOPs of the convolutions of one forward pass on a batch of ``input_shape``, 2 per multiply-add.
+    """FLOPs of the convolutions of one forward pass on a batch of ``input_shape``, 2 per multiply-add.
 
-  ``2 * B * H_out * W_out * C_out * C_in * k^2`` summed over every :class:`layers.Conv2d` call, with the
-  shapes traced abstractly (nothing is computed). Normalisations, activations, pooling and resizing are not
-  counted; for NCSN / NCSNv2 they add about 1% or less.
-  """
-  total = 0
+    ``2 * B * H_out * W_out * C_out * C_in * k^2`` summed over every :class:`layers.Conv2d` call, with the
+    shapes traced abstractly (nothing is computed). Normalisations, activations, pooling and resizing are not
+    counted; for NCSN / NCSNv2 they add about 1% or less.
+    """
+    total = 0
 
-  def count(next_fun, args, kwargs, context):
-    nonlocal total
-    out = next_fun(*args, **kwargs)
-    module = context.module
-    if isinstance(module, layers.Conv2d) and context.method_name == "__call__":
-      in_features = args[0].shape[-1]
-      total += 2 * math.prod(out.shape[:-1]) * module.features * in_features * module.kernel_size**2
-    return out
+    def count(next_fun, args, kwargs, context):
+        nonlocal total
+        out = next_fun(*args, **kwargs)
+        module = context.module
+        if isinstance(module, layers.Conv2d) and context.method_name == "__call__":
+            in_features = args[0].shape[-1]
+            total += 2 * math.prod(out.shape[:-1]) * module.features * in_features * module.kernel_size**2
+        return out
 
-  with nn.intercept_methods(count):
-    abstract_variables(model, input_shape)
-  return int(total)
-
+    with nn.intercept_methods(count):
+        abstract_variables(model, input_shape)
+    return int(total)

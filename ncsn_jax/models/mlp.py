@@ -38,62 +38,69 @@ SIGMA_CONDITIONINGS = ("embedding", "scale")
 
 
 def log_sigma_features(sigma: jax.Array, num_frequencies: int) -> jax.Array:
-  """(B, 2 n + 1) features ``[log sigma, sin(w_k log sigma), cos(w_k log sigma)]``, ``w_k = 2^(k-2)``."""
-  log_sigma = jnp.log(sigma.astype(jnp.float32))[:, None]
-  frequencies = 2.0 ** (jnp.arange(num_frequencies, dtype=jnp.float32) - 2.0)
-  angles = log_sigma * frequencies[None, :]
-  return jnp.concatenate([log_sigma, jnp.sin(angles), jnp.cos(angles)], axis=-1)
+    """(B, 2 n + 1) features ``[log sigma, sin(w_k log sigma), cos(w_k log sigma)]``, ``w_k = 2^(k-2)``."""
+    log_sigma = jnp.log(sigma.astype(jnp.float32))[:, None]
+    frequencies = 2.0 ** (jnp.arange(num_frequencies, dtype=jnp.float32) - 2.0)
+    angles = log_sigma * frequencies[None, :]
+    return jnp.concatenate([log_sigma, jnp.sin(angles), jnp.cos(angles)], axis=-1)
 
 
 class NoiseConditionalMLP(nn.Module):
-  """``s(x, sigma) = f(x, sigma) / sigma`` with an MLP ``f``; see the module docstring."""
+    """``s(x, sigma) = f(x, sigma) / sigma`` with an MLP ``f``; see the module docstring."""
 
-  hidden_dims: Sequence[int] = (128, 128, 128)
-  sigma_conditioning: str = "embedding"
-  nonlinearity: str = "softplus"
-  data_std: float = 1.0
-  num_frequencies: int = 8
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
+    hidden_dims: Sequence[int] = (128, 128, 128)
+    sigma_conditioning: str = "embedding"
+    nonlinearity: str = "softplus"
+    data_std: float = 1.0
+    num_frequencies: int = 8
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
 
-  @nn.compact
-  def __call__(self, x: jax.Array, sigma: jax.Array | float) -> jax.Array:
-    if self.sigma_conditioning not in SIGMA_CONDITIONINGS:
-      raise ValueError(f"Unknown sigma_conditioning {self.sigma_conditioning!r}; "
-                       f"valid: {', '.join(SIGMA_CONDITIONINGS)}.")
-    chex.assert_rank(x, {2, 3, 4})
-    batch, data_shape = x.shape[0], x.shape[1:]
-    sigma = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32), (batch,))
-    h = x.reshape(batch, -1).astype(jnp.float32)
-    act = layers.get_activation(self.nonlinearity)
-    dense = lambda features, name, **kw: nn.Dense(features, dtype=self.dtype, param_dtype=self.param_dtype,
-                                                  name=name, **kw)
+    @nn.compact
+    def __call__(self, x: jax.Array, sigma: jax.Array | float) -> jax.Array:
+        if self.sigma_conditioning not in SIGMA_CONDITIONINGS:
+            raise ValueError(
+                f"Unknown sigma_conditioning {self.sigma_conditioning!r}; "
+                f"valid: {', '.join(SIGMA_CONDITIONINGS)}."
+            )
+        chex.assert_rank(x, {2, 3, 4})
+        batch, data_shape = x.shape[0], x.shape[1:]
+        sigma = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32), (batch,))
+        h = x.reshape(batch, -1).astype(jnp.float32)
+        act = layers.get_activation(self.nonlinearity)
+        dense = lambda features, name, **kw: nn.Dense(
+            features, dtype=self.dtype, param_dtype=self.param_dtype, name=name, **kw
+        )
 
-    embedding = None
-    if self.sigma_conditioning == "embedding":
-      h = h * jax.lax.rsqrt(self.data_std**2 + jnp.square(sigma))[:, None]
-      embedding = act(dense(self.hidden_dims[0] if self.hidden_dims else 64, "sigma_embed")(
-          log_sigma_features(sigma, self.num_frequencies)))
-      h = jnp.concatenate([h, embedding], axis=-1)
+        embedding = None
+        if self.sigma_conditioning == "embedding":
+            h = h * jax.lax.rsqrt(self.data_std**2 + jnp.square(sigma))[:, None]
+            embedding = act(
+                dense(self.hidden_dims[0] if self.hidden_dims else 64, "sigma_embed")(
+                    log_sigma_features(sigma, self.num_frequencies)
+                )
+            )
+            h = jnp.concatenate([h, embedding], axis=-1)
 
-    for i, width in enumerate(self.hidden_dims):
-      h = dense(width, f"hidden_{i}")(h)
-      if embedding is not None:
-        h = h + dense(width, f"sigma_proj_{i}")(embedding)
-      h = act(h)
-    f = dense(math.prod(data_shape), "output",
-              kernel_init=jax.nn.initializers.zeros)(h).astype(jnp.float32)
-    return (f / sigma[:, None]).reshape(batch, *data_shape)
+        for i, width in enumerate(self.hidden_dims):
+            h = dense(width, f"hidden_{i}")(h)
+            if embedding is not None:
+                h = h + dense(width, f"sigma_proj_{i}")(embedding)
+            h = act(h)
+        f = dense(math.prod(data_shape), "output", kernel_init=jax.nn.initializers.zeros)(h).astype(
+            jnp.float32
+        )
+        return (f / sigma[:, None]).reshape(batch, *data_shape)
 
 
 @registry.register("mlp")
 def build_mlp(config: Any) -> NoiseConditionalMLP:
-  model = config.model
-  return NoiseConditionalMLP(
-      hidden_dims=tuple(int(w) for w in model.get("hidden_dims", (128, 128, 128))),
-      sigma_conditioning=str(model.get("sigma_conditioning", "embedding")),
-      nonlinearity=str(model.get("nonlinearity", "softplus")),
-      data_std=float(model.get("data_std", 1.0)),
-      num_frequencies=int(model.get("num_frequencies", 8)),
-      dtype=registry.compute_dtype(config),
-  )
+    model = config.model
+    return NoiseConditionalMLP(
+        hidden_dims=tuple(int(w) for w in model.get("hidden_dims", (128, 128, 128))),
+        sigma_conditioning=str(model.get("sigma_conditioning", "embedding")),
+        nonlinearity=str(model.get("nonlinearity", "softplus")),
+        data_std=float(model.get("data_std", 1.0)),
+        num_frequencies=int(model.get("num_frequencies", 8)),
+        dtype=registry.compute_dtype(config),
+    )

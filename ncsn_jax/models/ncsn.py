@@ -35,98 +35,122 @@ SIGMA_RTOL = 1e-4
 
 
 def sigmas_from_config(config: Any) -> tuple[float, ...]:
-  """The geometric table of ``config.model.{sigma_max, sigma_min, num_scales}`` as a tuple of floats."""
-  model = config.model
-  try:
-    sigma_max, sigma_min, num_scales = float(model.sigma_max), float(model.sigma_min), int(model.num_scales)
-  except (TypeError, ValueError) as error:
-    raise ValueError(
-        "The index-conditioned NCSN needs numeric config.model.sigma_max / sigma_min / num_scales "
-        f"(got {model.sigma_max!r}, {model.sigma_min!r}, {model.num_scales!r}); resolve 'auto' values "
-        "before building the model.") from error
-  return tuple(float(s) for s in noise.geometric_sigmas(sigma_max, sigma_min, num_scales))
+    """The geometric table of ``config.model.{sigma_max, sigma_min, num_scales}`` as a tuple of floats."""
+    model = config.model
+    try:
+        sigma_max, sigma_min, num_scales = (
+            float(model.sigma_max),
+            float(model.sigma_min),
+            int(model.num_scales),
+        )
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            "The index-conditioned NCSN needs numeric config.model.sigma_max / sigma_min / num_scales "
+            f"(got {model.sigma_max!r}, {model.sigma_min!r}, {model.num_scales!r}); resolve 'auto' values "
+            "before building the model."
+        ) from error
+    return tuple(float(s) for s in noise.geometric_sigmas(sigma_max, sigma_min, num_scales))
 
 
 def nearest_level_index(sigma: jax.Array, sigmas: tuple[float, ...] | np.ndarray) -> jax.Array:
-  """(B,) int32 index of the level nearest to each sigma in log space."""
-  log_table = jnp.log(jnp.asarray(sigmas, jnp.float32))
-  distance = jnp.abs(jnp.log(sigma.astype(jnp.float32))[:, None] - log_table[None, :])
-  return jnp.argmin(distance, axis=-1).astype(jnp.int32)
+    """(B,) int32 index of the level nearest to each sigma in log space."""
+    log_table = jnp.log(jnp.asarray(sigmas, jnp.float32))
+    distance = jnp.abs(jnp.log(sigma.astype(jnp.float32))[:, None] - log_table[None, :])
+    return jnp.argmin(distance, axis=-1).astype(jnp.int32)
 
 
 def check_sigmas_in_table(sigma: Any, sigmas: tuple[float, ...] | np.ndarray) -> None:
-  """Raises ``ValueError`` if a concrete sigma is not a level of the table; does nothing when traced."""
-  try:
-    values = np.asarray(sigma, np.float64).reshape(-1)
-  except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-    return
-  table = np.asarray(sigmas, np.float64)
-  with np.errstate(divide="ignore", invalid="ignore"):
-    distance = np.abs(np.log(values)[:, None] - np.log(table)[None, :]).min(axis=1)
-  bad = ~(distance <= SIGMA_RTOL)
-  if bad.any():
-    shown = np.unique(values[bad])[:5]
-    raise ValueError(
-        f"sigma {shown.tolist()} is not one of the {len(table)} noise levels of this index-conditioned "
-        f"NCSN (geometric from {table[0]:.6g} to {table[-1]:.6g}: {np.array2string(table, precision=5)}). "
-        "Pass one of these levels (inside jit the nearest level would be used).")
+    """Raises ``ValueError`` if a concrete sigma is not a level of the table; does nothing when traced."""
+    try:
+        values = np.asarray(sigma, np.float64).reshape(-1)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return
+    table = np.asarray(sigmas, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        distance = np.abs(np.log(values)[:, None] - np.log(table)[None, :]).min(axis=1)
+    bad = ~(distance <= SIGMA_RTOL)
+    if bad.any():
+        shown = np.unique(values[bad])[:5]
+        raise ValueError(
+            f"sigma {shown.tolist()} is not one of the {len(table)} noise levels of this index-conditioned "
+            f"NCSN (geometric from {table[0]:.6g} to {table[-1]:.6g}: {np.array2string(table, precision=5)}). "
+            "Pass one of these levels (inside jit the nearest level would be used)."
+        )
 
 
 class CondRefineNetDilated(nn.Module):
-  """NCSN's score network ``s(x, sigma_i)`` for images ``x`` (B, H, W, C); output float32 (B, H, W, C)."""
+    """NCSN's score network ``s(x, sigma_i)`` for images ``x`` (B, H, W, C); output float32 (B, H, W, C)."""
 
-  sigmas: tuple[float, ...]
-  ngf: int = 128
-  centered: bool = False
-  normalization: str = "InstanceNorm++"
-  nonlinearity: str = "elu"
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
+    sigmas: tuple[float, ...]
+    ngf: int = 128
+    centered: bool = False
+    normalization: str = "InstanceNorm++"
+    nonlinearity: str = "elu"
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
 
-  @property
-  def num_classes(self) -> int:
-    return len(self.sigmas)
+    @property
+    def num_classes(self) -> int:
+        return len(self.sigmas)
 
-  def stages(self, image_size: int) -> tuple[layers.Stage, ...]:
-    return (
-        layers.Stage("res1", 1, downsample=False, dilation=None, refine_name="refine4", refine_width=1),
-        layers.Stage("res2", 2, downsample=True, dilation=None, refine_name="refine3", refine_width=1),
-        layers.Stage("res3", 2, downsample=True, dilation=2, refine_name="refine2", refine_width=2),
-        layers.Stage("res4", 2, downsample=True, dilation=4, refine_name="refine1", refine_width=2,
-                     adjust_padding=image_size == 28),
-    )
+    def stages(self, image_size: int) -> tuple[layers.Stage, ...]:
+        return (
+            layers.Stage("res1", 1, downsample=False, dilation=None, refine_name="refine4", refine_width=1),
+            layers.Stage("res2", 2, downsample=True, dilation=None, refine_name="refine3", refine_width=1),
+            layers.Stage("res3", 2, downsample=True, dilation=2, refine_name="refine2", refine_width=2),
+            layers.Stage(
+                "res4",
+                2,
+                downsample=True,
+                dilation=4,
+                refine_name="refine1",
+                refine_width=2,
+                adjust_padding=image_size == 28,
+            ),
+        )
 
-  def level_index(self, sigma: jax.Array) -> jax.Array:
-    """The (B,) level index each sigma is mapped to (nearest in log sigma)."""
-    return nearest_level_index(sigma, self.sigmas)
+    def level_index(self, sigma: jax.Array) -> jax.Array:
+        """The (B,) level index each sigma is mapped to (nearest in log sigma)."""
+        return nearest_level_index(sigma, self.sigmas)
 
-  @nn.compact
-  def __call__(self, x: jax.Array, sigma: jax.Array | float) -> jax.Array:
-    check_sigmas_in_table(sigma, self.sigmas)
-    h, sigma = prepare_inputs(x, sigma, self.centered)
-    y = self.level_index(sigma)
-    act = layers.get_activation(self.nonlinearity)
-    norm = get_normalization(self.normalization, conditional=True, num_classes=self.num_classes,
-                             param_dtype=self.param_dtype)
-    conv = lambda features, name: layers.Conv2d(features, 3, dtype=self.dtype, param_dtype=self.param_dtype,
-                                                name=name)
+    @nn.compact
+    def __call__(self, x: jax.Array, sigma: jax.Array | float) -> jax.Array:
+        check_sigmas_in_table(sigma, self.sigmas)
+        h, sigma = prepare_inputs(x, sigma, self.centered)
+        y = self.level_index(sigma)
+        act = layers.get_activation(self.nonlinearity)
+        norm = get_normalization(
+            self.normalization, conditional=True, num_classes=self.num_classes, param_dtype=self.param_dtype
+        )
+        conv = lambda features, name: layers.Conv2d(
+            features, 3, dtype=self.dtype, param_dtype=self.param_dtype, name=name
+        )
 
-    h = conv(self.ngf, "begin_conv")(h)
-    h = layers.refinenet_cascade(h, y, stages=self.stages(x.shape[1]), ngf=self.ngf, normalization=norm,
-                                 refine_normalization=norm, pool="avg", act=act, dtype=self.dtype,
-                                 param_dtype=self.param_dtype)
-    h = act(norm(name="normalizer")(h, y))
-    return conv(x.shape[-1], "end_conv")(h).astype(jnp.float32)
+        h = conv(self.ngf, "begin_conv")(h)
+        h = layers.refinenet_cascade(
+            h,
+            y,
+            stages=self.stages(x.shape[1]),
+            ngf=self.ngf,
+            normalization=norm,
+            refine_normalization=norm,
+            pool="avg",
+            act=act,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
+        h = act(norm(name="normalizer")(h, y))
+        return conv(x.shape[-1], "end_conv")(h).astype(jnp.float32)
 
 
 @registry.register("ncsn")
 def build_ncsn(config: Any) -> CondRefineNetDilated:
-  model = config.model
-  return CondRefineNetDilated(
-      sigmas=sigmas_from_config(config),
-      ngf=int(model.get("ngf", 128)),
-      centered=bool(config.data.get("centered", False)),
-      normalization=str(model.get("normalization", "InstanceNorm++")),
-      nonlinearity=str(model.get("nonlinearity", "elu")),
-      dtype=registry.compute_dtype(config),
-  )
+    model = config.model
+    return CondRefineNetDilated(
+        sigmas=sigmas_from_config(config),
+        ngf=int(model.get("ngf", 128)),
+        centered=bool(config.data.get("centered", False)),
+        normalization=str(model.get("normalization", "InstanceNorm++")),
+        nonlinearity=str(model.get("nonlinearity", "elu")),
+        dtype=registry.compute_dtype(config),
+    )

@@ -24,34 +24,34 @@ _BUILDERS: dict[str, Builder] = {}
 
 
 def register(name: str) -> Callable[[Builder], Builder]:
-  """Decorator registering ``builder(config) -> nn.Module`` under ``name`` (a ``config.model.name``)."""
+    """Decorator registering ``builder(config) -> nn.Module`` under ``name`` (a ``config.model.name``)."""
 
-  def decorator(builder: Builder) -> Builder:
-    if name in _BUILDERS:
-      raise ValueError(f"A model named {name!r} is already registered.")
-    _BUILDERS[name] = builder
-    return builder
+    def decorator(builder: Builder) -> Builder:
+        if name in _BUILDERS:
+            raise ValueError(f"A model named {name!r} is already registered.")
+        _BUILDERS[name] = builder
+        return builder
 
-  return decorator
+    return decorator
 
 
 def registered_names() -> tuple[str, ...]:
-  """The valid values of ``config.model.name``, sorted."""
-  return tuple(sorted(_BUILDERS))
+    """The valid values of ``config.model.name``, sorted."""
+    return tuple(sorted(_BUILDERS))
 
 
 def create(config: Any) -> nn.Module:
-  """Builds the score network named ``config.model.name`` (an unknown name is a ``ValueError``)."""
-  name = config.model.name
-  if name not in _BUILDERS:
-    raise ValueError(f"Unknown model name {name!r}; valid names: {', '.join(registered_names())}.")
-  return _BUILDERS[name](config)
+    """Builds the score network named ``config.model.name`` (an unknown name is a ``ValueError``)."""
+    name = config.model.name
+    if name not in _BUILDERS:
+        raise ValueError(f"Unknown model name {name!r}; valid names: {', '.join(registered_names())}.")
+    return _BUILDERS[name](config)
 
 
 def compute_dtype(config: Any) -> Any:
-  """``config.model.dtype`` ("float32" | "bfloat16") as a jnp dtype (parameters always stay float32)."""
-  name = str(config.model.get("dtype", "float32"))
-  dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-  if name not in dtypes:
-    raise ValueError(f"Unknown config.model.dtype {name!r}; valid: {', '.join(dtypes)}.")
-  return dtypes[name]
+    """``config.model.dtype`` ("float32" | "bfloat16") as a jnp dtype (parameters always stay float32)."""
+    name = str(config.model.get("dtype", "float32"))
+    dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+    if name not in dtypes:
+        raise ValueError(f"Unknown config.model.dtype {name!r}; valid: {', '.join(dtypes)}.")
+    return dtypes[name]
