@@ -141,14 +141,19 @@ def _manager(
 
 
 def _is_closed_loop_noise(unraisable: Any) -> bool:
-    """tensorstore's late callbacks into orbax's finished event loop after a failed read (harmless)."""
-    exc = unraisable.exc_value
-    if not isinstance(exc, RuntimeError) or str(exc) != "Event loop is closed":
-        return False
+    """Late, already-handled errors of a failed checkpoint read (harmless): tensorstore's callbacks into
+    orbax's finished event loop, and the read errors of orbax's other pending array reads, which Python
+    reports as "Exception ignored in <coroutine>" after orbax has raised the first one to its caller."""
+    frames = []
     tb = unraisable.exc_traceback
-    while tb is not None and tb.tb_next is not None:
+    while tb is not None:
+        frames.append(tb.tb_frame.f_code.co_filename)
         tb = tb.tb_next
-    return tb is not None and f"asyncio{os.sep}base_events.py" in tb.tb_frame.f_code.co_filename
+    exc = unraisable.exc_value
+    if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+        return bool(frames) and f"asyncio{os.sep}base_events.py" in frames[-1]
+    orbax_reader = f"orbax{os.sep}checkpoint{os.sep}_src{os.sep}serialization"
+    return any(orbax_reader in f for f in frames)
 
 
 def _silence_closed_loop_noise() -> None:
