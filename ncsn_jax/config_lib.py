@@ -20,11 +20,9 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from ncsn_jax import noise
+from ncsn_jax import losses, noise
 
 AUTO = "auto"
-LOSSES = ("dsm", "ssm", "ssm_vr", "exact")
-MODES = ("train", "sample")
 
 
 def _is_auto(value: Any) -> bool:
@@ -42,10 +40,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     """Raise ``ValueError`` with an actionable message for inconsistent or unknown settings."""
     from ncsn_jax import datasets, models  # pylint: disable=g-import-not-at-top
 
-    if config.training.loss not in LOSSES:
+    if config.training.loss not in losses.LOSSES:
         raise ValueError(
             f"config.training.loss={config.training.loss!r} is not a known objective; "
-            f"valid: {', '.join(LOSSES)}."
+            f"valid: {', '.join(losses.LOSSES)}."
         )
     if config.model.name not in models.MODEL_NAMES:
         raise ValueError(

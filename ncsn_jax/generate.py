@@ -53,13 +53,12 @@ def _sampler_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
     )
 
 
-def _check_finite(samples: np.ndarray, sigmas: np.ndarray, level_finite: np.ndarray | None) -> None:
+def _check_finite(samples: np.ndarray, sigmas: np.ndarray, level_finite: np.ndarray) -> None:
+    """Raise :class:`NonFiniteSamplesError` naming the first non-finite noise level, if any sample is."""
     if np.all(np.isfinite(samples)):
         return
-    where = ""
-    if level_finite is not None and not np.all(level_finite):
-        level = int(np.argmin(level_finite))
-        where = f" first at noise level {level} (sigma={sigmas[level]:.4g})"
+    level = sampling.first_nonfinite_level(level_finite)
+    where = "" if level is None else f" first at noise level {level} (sigma={sigmas[level]:.4g})"
     raise NonFiniteSamplesError(
         f"Sampling produced non-finite values{where}. The step size config.sampling.step_lr may be too large "
         "for this model, or the model itself diverged (check the training loss)."
