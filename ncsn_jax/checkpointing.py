@@ -140,31 +140,49 @@ def _manager(
     )
 
 
-def _is_closed_loop_noise(unraisable: Any) -> bool:
+def _frames(tb: Any) -> list[str]:
+    files = []
+    while tb is not None:
+        files.append(tb.tb_frame.f_code.co_filename)
+        tb = tb.tb_next
+    return files
+
+
+def _is_late_read_error(exc: BaseException | None, tb: Any) -> bool:
     """Late, already-handled errors of a failed checkpoint read (harmless): tensorstore's callbacks into
     orbax's finished event loop, and the read errors of orbax's other pending array reads, which Python
-    reports as "Exception ignored in <coroutine>" after orbax has raised the first one to its caller."""
-    frames = []
-    tb = unraisable.exc_traceback
-    while tb is not None:
-        frames.append(tb.tb_frame.f_code.co_filename)
-        tb = tb.tb_next
-    exc = unraisable.exc_value
+    reports as "Exception ignored in <coroutine>" or asyncio as "Task exception was never retrieved" after
+    orbax has raised the first one to its caller."""
+    frames = _frames(tb)
     if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
         return bool(frames) and f"asyncio{os.sep}base_events.py" in frames[-1]
     orbax_reader = f"orbax{os.sep}checkpoint{os.sep}_src{os.sep}serialization"
     return any(orbax_reader in f for f in frames)
 
 
-def _silence_closed_loop_noise() -> None:
-    """Drop the "Event loop is closed" tracebacks (one per pending array) that reading a corrupted
-    checkpoint makes tensorstore print after orbax has already raised; other unraisable errors still show."""
+class _DropLateReadErrors(python_logging.Filter):
+    """asyncio logs a read error of an abandoned orbax task ("Task exception was never retrieved")."""
+
+    def filter(self, record: python_logging.LogRecord) -> bool:
+        if not record.exc_info:
+            return True
+        _, exc, tb = record.exc_info
+        return not _is_late_read_error(exc, tb)
+
+
+_LATE_READ_ERROR_FILTER = _DropLateReadErrors()
+
+
+def _silence_late_read_errors() -> None:
+    """Drop the tracebacks (one per pending array) that reading a corrupted checkpoint makes tensorstore
+    and asyncio print after orbax has already raised; other unraisable errors and asyncio errors still show."""
+    python_logging.getLogger("asyncio").addFilter(_LATE_READ_ERROR_FILTER)  # idempotent
     previous = sys.unraisablehook
     if getattr(previous, "_ncsn_filter", False):
         return
 
     def hook(unraisable: Any) -> None:
-        if not _is_closed_loop_noise(unraisable):
+        if not _is_late_read_error(unraisable.exc_value, unraisable.exc_traceback):
             previous(unraisable)
 
     hook._ncsn_filter = True  # type: ignore[attr-defined]
@@ -200,7 +218,7 @@ class CheckpointStore:
         self._pause_hooks: dict[str, _PauseInSave] = {}
         self._unreadable: dict[tuple[int, str], str] = {}  # (step, kind) -> why, warned about once
         self.restored_from: str | None = None  # path of the checkpoint restore() returned
-        _silence_closed_loop_noise()
+        _silence_late_read_errors()
         for kind, subdir in KIND_DIRS.items():
             path = os.path.join(self.workdir, subdir)
             if read_only and not os.path.isdir(path):
