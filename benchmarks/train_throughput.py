@@ -23,7 +23,7 @@ from absl import app, flags
 
 sys.path.insert(0, ".")
 
-from ncsn_jax import config_lib, models, parallel, sampling, train  # noqa: E402
+from ncsn_jax import models, parallel, sampling, train  # noqa: E402
 
 flags.DEFINE_list("configs", ["digits", "toy"], "Config modules under configs/.")
 flags.DEFINE_integer("batch_size", 128, "Global batch size for training.")
@@ -52,17 +52,14 @@ def benchmark(name: str) -> dict[str, float | str]:
         if config[section][key] == "auto":
             config[section][key] = value
     example_shape = models.example_shape(config)
-    sigmas = jnp.asarray(config_lib.sigmas(config))
-    model = models.create(config)
-    optimizer = train.create_optimizer(config.optim)
-    mesh = parallel.create_mesh()
-    state = jax.device_put(
-        train.init_train_state(model, config, example_shape, optimizer), parallel.replicated(mesh)
-    )
-    step = train.compile_train_step(model, config, sigmas, optimizer, mesh)
+    trainer = train.Trainer.create(config, example_shape)
+    model, sigmas, step = trainer.model, trainer.sigmas, trainer.multi_step
+    state = trainer.init_state()
     rng = np.random.default_rng(0)
     batch = parallel.global_batch(
-        rng.uniform(size=(1, FLAGS.batch_size, *example_shape)).astype(np.float32), mesh, leading_axes=1
+        rng.uniform(size=(1, FLAGS.batch_size, *example_shape)).astype(np.float32),
+        trainer.mesh,
+        leading_axes=1,
     )
     start = time.perf_counter()
     state, metrics = step(state, batch)

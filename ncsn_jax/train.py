@@ -210,6 +210,75 @@ def compile_train_step(
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+    """What a training run's config determines: model, optimizer, noise levels, device mesh and the jitted
+    multi-step function. :func:`train` drives one; notebooks, benchmarks and tests write their own loops::
+
+        trainer = Trainer.create(config, dataset.example_shape)
+        state = trainer.init_state()
+        for step in range(0, n_iters, k):
+            state, metrics = trainer.multi_step(state, trainer.batches(dataset, step, k))
+    """
+
+    config: ml_collections.ConfigDict
+    example_shape: tuple[int, ...]
+    model: nn.Module
+    optimizer: optax.GradientTransformation
+    sigmas: jax.Array
+    mesh: jax.sharding.Mesh
+    multi_step: Callable[[TrainState, jax.Array], tuple[TrainState, Metrics]]
+
+    @classmethod
+    def create(
+        cls,
+        config: ml_collections.ConfigDict,
+        example_shape: tuple[int, ...],
+        mesh: jax.sharding.Mesh | None = None,
+    ) -> Trainer:
+        """Build everything from ``config`` (its "auto" fields resolved); ``mesh`` defaults to all devices."""
+        sigmas = jnp.asarray(config_lib.sigmas(config))
+        model = models.create(config)
+        optimizer = create_optimizer(config.optim)
+        mesh = parallel.create_mesh() if mesh is None else mesh
+        return cls(
+            config=config,
+            example_shape=tuple(example_shape),
+            model=model,
+            optimizer=optimizer,
+            sigmas=sigmas,
+            mesh=mesh,
+            multi_step=compile_train_step(model, config, sigmas, optimizer, mesh),
+        )
+
+    def init_state(self) -> TrainState:
+        """The initial state of ``config.seed``, replicated over the mesh."""
+        state = init_train_state(self.model, self.config, self.example_shape, self.optimizer)
+        return jax.device_put(state, parallel.replicated(self.mesh))
+
+    def abstract_state(self) -> TrainState:
+        """Shapes and dtypes of the train state, without initialising it (the template to restore into)."""
+        return jax.eval_shape(
+            lambda: init_train_state(self.model, self.config, self.example_shape, self.optimizer)
+        )
+
+    def batches(self, dataset: datasets.DataSource, first_step: int, n: int) -> jax.Array:
+        """The global batches of steps ``first_step … first_step + n − 1`` as one ``(n, B, *example_shape)``
+        array split over the mesh's data axis; this process reads only its own rows of each batch."""
+        local = np.stack(
+            [
+                dataset.get_batch(
+                    first_step + i,
+                    self.config.training.batch_size,
+                    process_index=jax.process_index(),
+                    process_count=jax.process_count(),
+                )
+                for i in range(n)
+            ]
+        )
+        return parallel.global_batch(local, self.mesh, leading_axes=1)
+
+
 @dataclasses.dataclass
 class _MetricsAccumulator:
     """Host-side running sums of step metrics between two log lines."""
@@ -312,21 +381,17 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
         resolved = resume_meta["resolved"]
     else:
         config, resolved = config_lib.resolve_auto_fields(config, dataset)
-    sigmas = jnp.asarray(config_lib.sigmas(config))
-    model = models.create(config)
-    optimizer = create_optimizer(config.optim)
-    mesh = parallel.create_mesh()
-    example_shape = tuple(dataset.example_shape)
+    trainer = Trainer.create(config, dataset.example_shape)
+    sigmas = np.asarray(trainer.sigmas)
 
-    state = init_train_state(model, config, example_shape, optimizer)
-    if resume_meta is not None:
-        state, meta = store.restore(state, config)
+    if resume_meta is None:
+        state = trainer.init_state()
+    else:
+        state, meta = store.restore(trainer.abstract_state(), config)  # replicated over the mesh
         logging.info("Resumed from the checkpoint of step %d (%s).", meta["step"], store.restored_from)
-    state = jax.device_put(state, parallel.replicated(mesh))
     if is_writer:
         config_lib.save(config, resolved, workdir)
 
-    multi_step = compile_train_step(model, config, sigmas, optimizer, mesh)
     writer = logging_utils.MetricWriter(workdir, enabled=is_writer)
     n_iters = config.training.n_iters
     k = max(1, config.training.steps_per_call)
@@ -340,41 +405,33 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
             "step": step,
             "resolved": resolved,
             "model": config_lib.model_signature(config),
-            "sigmas": np.asarray(sigmas).tolist(),
-            "example_shape": list(example_shape),
+            "sigmas": sigmas.tolist(),
+            "example_shape": list(trainer.example_shape),
         }
 
     # Host calls end exactly on logging / checkpoint boundaries, so those happen at the same steps
     # whatever steps_per_call is.
     boundaries = (config.training.log_freq, config.training.snapshot_freq, config.training.preemption_freq)
     step = start
+    n = _chunk_length(step, k, n_iters, boundaries) if step < n_iters else 0
+    batches = trainer.batches(dataset, step, n) if n else None
     # closing(): the event file is flushed also when training stops with an error.
     with (
         contextlib.closing(writer),
         logging_utils.progress(total=n_iters, initial=start, desc="train", enabled=is_writer) as bar,
     ):
         while step < n_iters:
-            n = _chunk_length(step, k, n_iters, boundaries)
-            local = np.stack(
-                [
-                    dataset.get_batch(
-                        step + i,
-                        config.training.batch_size,
-                        process_index=jax.process_index(),
-                        process_count=jax.process_count(),
-                    )
-                    for i in range(n)
-                ]
-            )
-            batches = parallel.global_batch(local, mesh, leading_axes=1)
-            state, metrics = multi_step(state, batches)
-            metrics = jax.tree.map(np.asarray, metrics)
-            step += n
-            bar.update(n)
+            state, metrics = trainer.multi_step(state, batches)  # dispatched; runs while the host goes on
+            first_step, step = step + 1, step + n
+            if step < n_iters:  # read the next batches while the device computes
+                n = _chunk_length(step, k, n_iters, boundaries)
+                batches = trainer.batches(dataset, step, n)
+            metrics = jax.tree.map(np.asarray, metrics)  # waits for the call
+            bar.update(step - first_step + 1)
             accumulator.add(metrics)
             _check_nonfinite(
                 metrics["finite"],
-                first_step=step - n + 1,
+                first_step=first_step,
                 total=int(state.nonfinite_count),
                 tolerance=config.training.nonfinite_tolerance,
                 store=store,
@@ -385,7 +442,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
                 now = time.time()
                 summary["steps_per_sec"] = (step - last_log_step) / max(now - last_log_time, 1e-9)
                 last_log_time, last_log_step = now, step
-                writer.write(step, summary, sigmas=np.asarray(sigmas))
+                writer.write(step, summary, sigmas=sigmas)
                 bar.set_postfix(loss=f"{summary['loss']:.4g}")
                 accumulator = _MetricsAccumulator(len(sigmas))
 
@@ -397,11 +454,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
                 generate.write_snapshot(
                     config,
                     state.ema_params if config.sampling.use_ema else state.params,
-                    model,
-                    np.asarray(sigmas),
+                    trainer.model,
+                    sigmas,
                     snapshot_key,
-                    example_shape,
-                    mesh,
+                    trainer.example_shape,
+                    trainer.mesh,
                     os.path.join(workdir, "snapshots", str(step)),
                 )
     store.wait()

@@ -37,23 +37,19 @@ if os.environ.get("COORDINATOR"):
     jax.distributed.initialize(os.environ["COORDINATOR"], num_processes=int(os.environ["NUM_PROCESSES"]),
                                process_id=int(os.environ["PROCESS_ID"]))
 from configs import toy
-from ncsn_jax import config_lib, datasets, models, parallel, train
+from ncsn_jax import datasets, train
 config = toy.get_config()
 config.training.batch_size = 64
-sigmas = jax.numpy.asarray(config_lib.sigmas(config))
-model = models.create(config)
-optimizer = train.create_optimizer(config.optim)
-mesh = parallel.create_mesh()
 dataset = datasets.create_dataset(config, "train")
-state = jax.device_put(train.init_train_state(model, config, (2,), optimizer), parallel.replicated(mesh))
-step_fn = train.compile_train_step(model, config, sigmas, optimizer, mesh)
+trainer = train.Trainer.create(config, dataset.example_shape)
+state = trainer.init_state()
 losses = []
 for step in range(0, 20, 5):
-    local = np.stack([dataset.get_batch(step + i, 64, process_index=jax.process_index(),
-                                        process_count=jax.process_count()) for i in range(5)])
-    assert local.shape == (5, 64 // jax.process_count(), 2)
-    batch = parallel.global_batch(local, mesh, leading_axes=1)
-    state, metrics = step_fn(state, batch)
+    batch = trainer.batches(dataset, step, 5)
+    assert batch.shape == (5, 64, 2)
+    # This process holds (and so has read) only its own rows of each global batch.
+    assert sum(s.data.shape[1] for s in batch.addressable_shards) == 64 // jax.process_count()
+    state, metrics = trainer.multi_step(state, batch)
     losses.extend(np.asarray(metrics["loss"]).tolist())
 print(json.dumps({"devices": jax.device_count(), "local_devices": jax.local_device_count(),
                   "process": jax.process_index(), "losses": losses}))

@@ -119,23 +119,18 @@ EIGHT_DEVICE_LOSSES = """
 import json, sys
 import jax, numpy as np
 from configs import toy
-from ncsn_jax import config_lib, datasets, models, parallel, train
+from ncsn_jax import datasets, train
 config = toy.get_config()
 config.training.batch_size = 64
-sigmas = jax.numpy.asarray(config_lib.sigmas(config))
-model = models.create(config)
-optimizer = train.create_optimizer(config.optim)
-mesh = parallel.create_mesh()
 dataset = datasets.create_dataset(config, "train")
-state = jax.device_put(train.init_train_state(model, config, (2,), optimizer), parallel.replicated(mesh))
-step_fn = train.compile_train_step(model, config, sigmas, optimizer, mesh)
+trainer = train.Trainer.create(config, dataset.example_shape)
+state = trainer.init_state()
 losses, shard_rows = [], None
 for step in range(0, 20, 5):
-    local = np.stack([dataset.get_batch(step + i, 64) for i in range(5)])
-    batch = parallel.global_batch(local, mesh, leading_axes=1)
+    batch = trainer.batches(dataset, step, 5)
     shard_rows = sorted({s.data.shape[1] for s in batch.addressable_shards})
     n_shards = len(batch.addressable_shards)
-    state, metrics = step_fn(state, batch)
+    state, metrics = trainer.multi_step(state, batch)
     losses.extend(np.asarray(metrics["loss"]).tolist())
 print(json.dumps({"devices": jax.device_count(), "losses": losses, "rows": shard_rows, "shards": n_shards}))
 """

@@ -195,27 +195,20 @@ def bayes_optimal_dsm_loss(sigmas: np.ndarray, n_per_level: int = 20_000) -> np.
 def train_toy_long(dtype: str) -> dict[str, np.ndarray]:
     """2,000 DSM steps of the toy MLP over σ 50 → 0.01 (L = 232); every step's metrics."""
     from configs import toy
-    from ncsn_jax import config_lib, datasets, models, parallel, train
+    from ncsn_jax import datasets, train
 
     config = toy.get_config()
     config.model.sigma_max, config.model.sigma_min, config.model.num_scales = SIGMA_MAX, SIGMA_MIN, NUM_SCALES
     config.model.dtype = dtype
-    sigmas = jnp.asarray(config_lib.sigmas(config))
-    model = models.create(config)
-    optimizer = train.create_optimizer(config.optim)
-    mesh = parallel.create_mesh()
     dataset = datasets.create_dataset(config, "train")
-    state = jax.device_put(train.init_train_state(model, config, (2,), optimizer), parallel.replicated(mesh))
-    step_fn = train.compile_train_step(model, config, sigmas, optimizer, mesh)
+    trainer = train.Trainer.create(config, dataset.example_shape)
+    state = trainer.init_state()
     history = []
     for start in range(0, LONG_RUN_STEPS, STEPS_PER_CALL):
-        batches = np.stack(
-            [dataset.get_batch(start + i, config.training.batch_size) for i in range(STEPS_PER_CALL)]
-        )
-        state, metrics = step_fn(state, parallel.global_batch(batches, mesh, leading_axes=1))
+        state, metrics = trainer.multi_step(state, trainer.batches(dataset, start, STEPS_PER_CALL))
         history.append(jax.tree.map(np.asarray, metrics))
     out = {k: np.concatenate([h[k] for h in history]) for k in history[0]}
-    out["sigmas"] = np.asarray(sigmas)
+    out["sigmas"] = np.asarray(trainer.sigmas)
     out["params_finite"] = np.array(all(np.all(np.isfinite(p)) for p in jax.tree.leaves(state)))
     return out
 
