@@ -11,7 +11,9 @@ One optimisation step minimises a score-matching objective of :mod:`ncsn_jax.los
 ``batch_t`` is itself a function of ``(config.seed, t)`` (:mod:`ncsn_jax.datasets`), so step ``t`` of a
 resumed run repeats exactly what the uninterrupted run would have done. The step is ``jax.jit``-compiled
 with the batch split over all devices (:mod:`ncsn_jax.parallel`) and the state buffers donated;
-``steps_per_call`` steps run in one ``lax.scan`` per host call.
+``steps_per_call`` steps run in one ``lax.scan`` per host call. :class:`Trainer` holds what the config
+determines (model, optimizer, σ's, mesh, jitted steps); :func:`train` drives it, reading the next call's
+batches on the host while the device runs the current one.
 """
 
 from __future__ import annotations
