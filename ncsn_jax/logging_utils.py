@@ -60,7 +60,11 @@ class _NullBar:
 
 
 class MetricWriter:
-    """Writes scalar metrics (and per-noise-level losses) to the log and to TensorBoard."""
+    """Writes scalar metrics (and per-noise-level losses) to the log and to TensorBoard.
+
+    Disabled (every process but 0 of a multi-process run), it neither logs nor writes: the metrics are the
+    same on every process.
+    """
 
     def __init__(self, workdir: str, enabled: bool = True):
         self._writer = None
@@ -70,10 +74,10 @@ class MetricWriter:
             self._writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
     def write(self, step: int, metrics: dict[str, Any], sigmas: np.ndarray | None = None) -> None:
-        scalars = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
-        logging.info("step %d: %s", step, ", ".join(f"{k}={v:.5g}" for k, v in scalars.items()))
         if self._writer is None:
             return
+        scalars = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
+        logging.info("step %d: %s", step, ", ".join(f"{k}={v:.5g}" for k, v in scalars.items()))
         for name, value in scalars.items():
             self._writer.add_scalar(f"train/{name}", value, step)
         level_loss = metrics.get("level_loss")
