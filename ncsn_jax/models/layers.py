@@ -399,6 +399,26 @@ class Stage:
     adjust_padding: bool = False
 
 
+def four_dilated_stages(image_size: int) -> tuple[Stage, ...]:
+    """The stages of NCSN's CondRefineNetDilated and of NCSNv2 (32 / 64 px): widths 1, 2, 2, 2 × ngf; only
+    ``res2`` halves the resolution (``res3``/``res4`` are dilated 2 and 4 instead). The references pad
+    ``res4``'s ConvMeanPool for 28 px inputs; the block is dilated, so this changes nothing."""
+    return (
+        Stage("res1", 1, downsample=False, dilation=None, refine_name="refine4", refine_width=1),
+        Stage("res2", 2, downsample=True, dilation=None, refine_name="refine3", refine_width=1),
+        Stage("res3", 2, downsample=True, dilation=2, refine_name="refine2", refine_width=2),
+        Stage(
+            "res4",
+            2,
+            downsample=True,
+            dilation=4,
+            refine_name="refine1",
+            refine_width=2,
+            adjust_padding=image_size == 28,
+        ),
+    )
+
+
 def refinenet_cascade(
     h: jax.Array,
     y: jax.Array | None,

@@ -94,20 +94,7 @@ class CondRefineNetDilated(nn.Module):
         return len(self.sigmas)
 
     def stages(self, image_size: int) -> tuple[layers.Stage, ...]:
-        return (
-            layers.Stage("res1", 1, downsample=False, dilation=None, refine_name="refine4", refine_width=1),
-            layers.Stage("res2", 2, downsample=True, dilation=None, refine_name="refine3", refine_width=1),
-            layers.Stage("res3", 2, downsample=True, dilation=2, refine_name="refine2", refine_width=2),
-            layers.Stage(
-                "res4",
-                2,
-                downsample=True,
-                dilation=4,
-                refine_name="refine1",
-                refine_width=2,
-                adjust_padding=image_size == 28,
-            ),
-        )
+        return layers.four_dilated_stages(image_size)
 
     def level_index(self, sigma: jax.Array) -> jax.Array:
         """The (B,) level index each sigma is mapped to (nearest in log sigma)."""

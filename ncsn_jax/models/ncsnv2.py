@@ -52,21 +52,7 @@ class NCSNv2(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     def stages(self, image_size: int) -> tuple[layers.Stage, ...]:
-        return (
-            layers.Stage("res1", 1, downsample=False, dilation=None, refine_name="refine4", refine_width=1),
-            layers.Stage("res2", 2, downsample=True, dilation=None, refine_name="refine3", refine_width=1),
-            layers.Stage("res3", 2, downsample=True, dilation=2, refine_name="refine2", refine_width=2),
-            # The reference pads ConvMeanPool for 28 px inputs; the block is dilated, so this has no effect.
-            layers.Stage(
-                "res4",
-                2,
-                downsample=True,
-                dilation=4,
-                refine_name="refine1",
-                refine_width=2,
-                adjust_padding=image_size == 28,
-            ),
-        )
+        return layers.four_dilated_stages(image_size)
 
     @nn.compact
     def __call__(self, x: jax.Array, sigma: jax.Array | float) -> jax.Array:
