@@ -285,7 +285,7 @@ def _traceback_from(filename: str, error: BaseException):
 
 
 @pytest.mark.parametrize("via", ["asyncio_log", "unraisable"])
-def test_late_orbax_read_errors_are_dropped_and_others_kept(via, capsys):
+def test_late_orbax_read_errors_are_dropped_and_others_kept(via, monkeypatch):
     """The asyncio logger and the unraisable hook drop only errors raised inside orbax's array reader.
 
     These late reports (one per pending array read, printed after orbax raised the first error to the restore
@@ -300,11 +300,12 @@ def test_late_orbax_read_errors_are_dropped_and_others_kept(via, capsys):
     )
     late = _traceback_from(orbax_file, ValueError("DATA_LOSS: late read error"))
     ours = _traceback_from(os.path.join("ncsn_jax", "train.py"), ValueError("a real error"))
-    checkpointing._silence_late_read_errors()
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(u.exc_value))  # restored after the test
+    checkpointing._silence_late_read_errors()  # wraps the recording hook
     if via == "asyncio_log":
-        records = []
         handler = logging.Handler()
-        handler.emit = records.append
+        handler.emit = lambda record: seen.append(record.exc_info[1])
         logger = logging.getLogger("asyncio")
         logger.addHandler(handler)
         try:
@@ -312,21 +313,8 @@ def test_late_orbax_read_errors_are_dropped_and_others_kept(via, capsys):
                 logger.error("Task exception was never retrieved", exc_info=exc_info)
         finally:
             logger.removeHandler(handler)
-        assert [r.exc_info[1] for r in records] == [ours[1]]
     else:
-        seen = []
-        previous = sys.unraisablehook
-        sys.unraisablehook = lambda u: seen.append(u.exc_value)
-        try:
-            checkpointing._silence_late_read_errors()  # wraps the recording hook
-            for _, exc, tb in (late, ours):
-                sys.unraisablehook(
-                    type(
-                        "Unraisable",
-                        (),
-                        dict(exc_type=type(exc), exc_value=exc, exc_traceback=tb, err_msg=None, object=None),
-                    )
-                )
-        finally:
-            sys.unraisablehook = previous
-        assert seen == [ours[1]]
+        for _, exc, tb in (late, ours):
+            fields = dict(exc_type=type(exc), exc_value=exc, exc_traceback=tb, err_msg=None, object=None)
+            sys.unraisablehook(type("Unraisable", (), fields))
+    assert seen == [ours[1]]
