@@ -95,19 +95,15 @@ class NCSNv2Deeper(NCSNv2):
         )
 
 
-class NCSNv2Deepest(NCSNv2):
+class NCSNv2Deepest(NCSNv2Deeper):
     """NCSNv2 for 256 px (FFHQ): NCSNv2Deeper with one more downsampling stage (``res31`` / ``refine31``)."""
 
     def stages(self, image_size: int) -> tuple[layers.Stage, ...]:
-        del image_size
-        return (
-            layers.Stage("res1", 1, downsample=False, dilation=None, refine_name="refine5", refine_width=1),
-            layers.Stage("res2", 2, downsample=True, dilation=None, refine_name="refine4", refine_width=1),
-            layers.Stage("res3", 2, downsample=True, dilation=None, refine_name="refine3", refine_width=2),
-            layers.Stage("res31", 2, downsample=True, dilation=None, refine_name="refine31", refine_width=2),
-            layers.Stage("res4", 4, downsample=True, dilation=2, refine_name="refine2", refine_width=2),
-            layers.Stage("res5", 4, downsample=True, dilation=4, refine_name="refine1", refine_width=4),
+        deeper = super().stages(image_size)
+        res31 = layers.Stage(
+            "res31", 2, downsample=True, dilation=None, refine_name="refine31", refine_width=2
         )
+        return (*deeper[:3], res31, *deeper[3:])
 
 
 def _builder(cls: type[NCSNv2]):
