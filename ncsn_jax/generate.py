@@ -205,8 +205,7 @@ def restore_for_sampling(
     example_shape = tuple(meta["example_shape"])
     model = models.create(config)
     optimizer = train.create_optimizer(config.optim)
-    template = jax.eval_shape(lambda: train.init_train_state(model, config, example_shape, optimizer))
-    state, meta = store.restore(template, config)
+    state, meta = store.restore(train.abstract_train_state(model, config, example_shape, optimizer), config)
     params = state.ema_params if config.sampling.use_ema else state.params
     return config, model, params, np.asarray(meta["sigmas"], np.float32), meta
 

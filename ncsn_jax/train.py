@@ -106,6 +106,17 @@ def init_train_state(
     )
 
 
+def abstract_train_state(
+    model: nn.Module,
+    config: ml_collections.ConfigDict,
+    example_shape: tuple[int, ...],
+    optimizer: optax.GradientTransformation,
+) -> TrainState:
+    """Shapes and dtypes of :func:`init_train_state`'s result, without computing it (a template to restore
+    a checkpoint into)."""
+    return jax.eval_shape(lambda: init_train_state(model, config, example_shape, optimizer))
+
+
 def _all_finite(tree: PyTree) -> jax.Array:
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
@@ -260,9 +271,7 @@ class Trainer:
 
     def abstract_state(self) -> TrainState:
         """Shapes and dtypes of the train state, without initialising it (the template to restore into)."""
-        return jax.eval_shape(
-            lambda: init_train_state(self.model, self.config, self.example_shape, self.optimizer)
-        )
+        return abstract_train_state(self.model, self.config, self.example_shape, self.optimizer)
 
     def batches(self, dataset: datasets.DataSource, first_step: int, n: int) -> jax.Array:
         """The global batches of steps ``first_step … first_step + n − 1`` as one ``(n, B, *example_shape)``

@@ -220,7 +220,7 @@ def test_one_train_step_and_a_sampling_pass(name, mock_tfds, tmp_path):
     model = models.create(config)
     example_shape = models.example_shape(config)
     optimizer = train.create_optimizer(config.optim)
-    template = jax.eval_shape(lambda: train.init_train_state(model, config, example_shape, optimizer))
+    template = train.abstract_train_state(model, config, example_shape, optimizer)
     state, meta = checkpointing.CheckpointStore(workdir, read_only=True).restore(template, config)
     assert meta["step"] == 1 and int(state.step) == 1 and int(state.nonfinite_count) == 0
     assert models.count_params(state.params) == PUBLISHED_PARAMS[name]
