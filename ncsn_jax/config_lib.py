@@ -25,12 +25,13 @@ from ncsn_jax import losses, noise
 AUTO = "auto"
 
 
-def _is_auto(value: Any) -> bool:
+def is_auto(value: Any) -> bool:
+    """Whether a config value is the placeholder ``"auto"`` (computed from data)."""
     return isinstance(value, str) and value.lower() == AUTO
 
 
 def _check_number_or_auto(name: str, value: Any) -> None:
-    if _is_auto(value):
+    if is_auto(value):
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"config.{name}={value!r} must be a number or 'auto'.")
@@ -58,12 +59,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check_number_or_auto("model.sigma_max", config.model.sigma_max)
     _check_number_or_auto("model.num_scales", config.model.num_scales)
     _check_number_or_auto("sampling.step_lr", config.sampling.step_lr)
-    if not _is_auto(config.model.sigma_max) and not config.model.sigma_max > config.model.sigma_min > 0:
+    if not is_auto(config.model.sigma_max) and not config.model.sigma_max > config.model.sigma_min > 0:
         raise ValueError(
             f"Need config.model.sigma_max > config.model.sigma_min > 0, got "
             f"{config.model.sigma_max} and {config.model.sigma_min}."
         )
-    if not _is_auto(config.model.num_scales) and (
+    if not is_auto(config.model.num_scales) and (
         int(config.model.num_scales) != config.model.num_scales or config.model.num_scales < 1
     ):
         raise ValueError(f"config.model.num_scales={config.model.num_scales!r} must be a positive integer.")
@@ -85,7 +86,7 @@ def loss_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
 def sigmas(config: ml_collections.ConfigDict) -> np.ndarray:
     """The descending geometric noise levels σ₁ > … > σ_L of a config whose ``"auto"`` fields are resolved."""
     for name in ("sigma_max", "num_scales"):
-        if _is_auto(config.model[name]):
+        if is_auto(config.model[name]):
             raise ValueError(f"config.model.{name} is 'auto': resolve it first (resolve_auto_fields).")
     return np.asarray(
         noise.geometric_sigmas(
@@ -106,7 +107,7 @@ def resolve_auto_fields(
     """
     resolved: dict[str, Any] = {}
     dim = int(np.prod(dataset.example_shape))
-    if _is_auto(config.model.sigma_max):
+    if is_auto(config.model.sigma_max):
         examples = dataset.sample_examples(max_points, seed=config.seed)
         resolved["model.sigma_max"] = float(noise.max_pairwise_distance(examples, max_points=max_points))
         logging.info(
@@ -115,7 +116,7 @@ def resolve_auto_fields(
             len(examples),
         )
     sigma_max = resolved.get("model.sigma_max", config.model.sigma_max)
-    if _is_auto(config.model.num_scales):
+    if is_auto(config.model.num_scales):
         resolved["model.num_scales"] = int(
             noise.num_scales_for_overlap(float(sigma_max), float(config.model.sigma_min), dim)
         )
@@ -126,18 +127,27 @@ def resolve_auto_fields(
             sigma_max,
             config.model.sigma_min,
         )
-    config = apply_resolved(config, resolved)
-    if _is_auto(config.sampling.step_lr):
-        resolved["sampling.step_lr"] = float(
-            noise.langevin_step_lr(sigmas(config), dim, config.sampling.n_steps_each)
-        )
-        logging.info(
-            "step_lr = %.4g (our convention): step-size criterion with T=%d (technique 4).",
-            resolved["sampling.step_lr"],
-            config.sampling.n_steps_each,
-        )
-        config = apply_resolved(config, resolved)
-    return config, resolved
+    config, step_lr = resolve_auto_step_lr(apply_resolved(config, resolved), dim)
+    return config, {**resolved, **step_lr}
+
+
+def resolve_auto_step_lr(
+    config: ml_collections.ConfigDict, dim: int
+) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
+    """If ``config.sampling.step_lr`` is ``"auto"``, set it by technique 4 on the config's noise levels (which
+    must be numbers by then) for data of dimension ``dim``; returns ``(config, resolved)`` as
+    :func:`resolve_auto_fields` does."""
+    if not is_auto(config.sampling.step_lr):
+        return config, {}
+    resolved = {
+        "sampling.step_lr": float(noise.langevin_step_lr(sigmas(config), dim, config.sampling.n_steps_each))
+    }
+    logging.info(
+        "step_lr = %.4g (our convention): step-size criterion with T=%d (technique 4).",
+        resolved["sampling.step_lr"],
+        config.sampling.n_steps_each,
+    )
+    return apply_resolved(config, resolved), resolved
 
 
 def apply_resolved(config: ml_collections.ConfigDict, resolved: dict[str, Any]) -> ml_collections.ConfigDict:

@@ -57,10 +57,6 @@ class TorchUnavailableError(ImportError):
     """PyTorch, needed to read ``.pth`` files, cannot be imported."""
 
 
-def _is_auto(value: Any) -> bool:
-    return isinstance(value, str) and value.lower() == "auto"
-
-
 def _field(config: ml_collections.ConfigDict, dotted: str) -> Any:
     section, name = dotted.split(".")
     return config[section][name]
@@ -90,10 +86,10 @@ def resolve_auto_fields(
     Raises:
         ValueError: ``sigma_max`` / ``num_scales`` are ``"auto"`` but the checkpoint has no ``sigmas`` buffer.
     """
-    from ncsn_jax import config_lib, noise  # pylint: disable=g-import-not-at-top
+    from ncsn_jax import config_lib  # pylint: disable=g-import-not-at-top
 
     resolved: dict[str, Any] = {}
-    from_table = [f for f in ("model.sigma_max", "model.num_scales") if _is_auto(_field(config, f))]
+    from_table = [f for f in ("model.sigma_max", "model.num_scales") if config_lib.is_auto(_field(config, f))]
     if from_table:
         table = _sigmas_buffer(state_dict)
         if table is None:
@@ -108,15 +104,10 @@ def resolve_auto_fields(
         if "model.num_scales" in from_table:
             resolved["model.num_scales"] = int(table.size)
         config = config_lib.apply_resolved(config, resolved)
-    if _is_auto(config.sampling.step_lr):
-        dim = int(np.prod(example_shape))
-        resolved["sampling.step_lr"] = float(
-            noise.langevin_step_lr(config_lib.sigmas(config), dim, config.sampling.n_steps_each)
-        )
-        config = config_lib.apply_resolved(config, resolved)
     for dotted, value in resolved.items():
-        logging.info("config.%s = %.6g (was 'auto'; from the checkpoint)", dotted, value)
-    return config, resolved
+        logging.info("config.%s = %.6g (was 'auto'; from the checkpoint's noise levels)", dotted, value)
+    config, step_lr = config_lib.resolve_auto_step_lr(config, int(np.prod(example_shape)))
+    return config, {**resolved, **step_lr}
 
 
 def _load(checkpoint_path: str, trusted: bool) -> dict[str, Any]:
