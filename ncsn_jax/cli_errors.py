@@ -1,9 +1,13 @@
 """Turning mistakes in a command line into one clear message instead of a traceback.
 
-Two places catch them: flag parsing (an unknown ``--config.x.y`` field, a value of the wrong type, an
-unknown ``--mode``), and the run itself (errors that name a bad setting, a missing dataset or checkpoint,
-diverged training). Both print ``error: <message>`` to stderr and exit with status 2; nothing already
-written is touched. Internal bugs (any other exception) keep their traceback.
+Two places catch them: flag parsing (a missing config file, an unknown ``--config.x.y`` field, a value of
+the wrong type, an unknown ``--mode``), and the run itself, where only :class:`ncsn_jax.errors.UserError`
+counts as the user's mistake (a bad setting, a missing dataset or checkpoint, a workdir of another config,
+diverged training). Both print ``error: <message>`` to stderr and exit with status 2 (130 for Ctrl-C);
+nothing already written is touched. Every other exception is a bug and keeps its traceback.
+
+Also here, for both command lines (``main.py`` and the converter): :func:`sample_command`, the command to
+run next.
 """
 
 from __future__ import annotations
@@ -11,18 +15,22 @@ from __future__ import annotations
 import contextlib
 import difflib
 import importlib.util
+import os
+import shlex
 import sys
 from collections.abc import Callable, Iterator, Sequence
 
 from absl import flags
 
-EXIT_USER_ERROR = 2
+from ncsn_jax import errors
+
+EXIT_USER_ERROR = errors.UserError.exit_code
 
 
-def fail(message: str) -> None:
-    """Print ``error: message`` and exit with :data:`EXIT_USER_ERROR`."""
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(EXIT_USER_ERROR)
+def fail(message: str, exit_code: int = EXIT_USER_ERROR) -> None:
+    """Print ``error: message`` and exit with ``exit_code``."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(exit_code)
 
 
 def _config_path(argv: Sequence[str]) -> str | None:
@@ -32,6 +40,14 @@ def _config_path(argv: Sequence[str]) -> str | None:
         if arg == "--config" and i + 1 < len(argv):
             return argv[i + 1]
     return None
+
+
+def missing_config_file(argv: Sequence[str]) -> str | None:
+    """The ``--config`` path if it names no file (ml_collections allows ``path:argument``), else None."""
+    path = _config_path(argv)
+    if path is None or os.path.isfile(path) or os.path.isfile(path.rsplit(":", 1)[0]):
+        return None
+    return path
 
 
 def _load_config(path: str):
@@ -75,13 +91,16 @@ def flags_parser(flag_values: flags.FlagValues) -> Callable[[list[str]], list[st
     """An ``absl.app.run`` flags parser that reports bad flags as one line each, without a traceback."""
 
     def parse(argv: list[str]) -> list[str]:
+        missing = missing_config_file(argv)
+        if missing is not None:
+            fail(f"no config file {missing}")
         problems = unknown_config_fields(argv)
         if problems:
             fail("\n".join(problems))
         try:
             return flag_values(argv)
         except flags.Error as e:
-            fail(f"{e}\nRun with --helpfull to list the flags.")
+            fail(f"{e} (--helpfull lists the flags)")
         except (AttributeError, KeyError, TypeError, ValueError) as e:
             fail(f"bad --config override: {e}")
         return argv  # unreachable: fail() exits
@@ -89,28 +108,34 @@ def flags_parser(flag_values: flags.FlagValues) -> Callable[[list[str]], list[st
     return parse
 
 
-def user_error_types() -> tuple[type[BaseException], ...]:
-    """Exceptions that describe a problem with the request rather than a bug."""
-    from ncsn_jax import checkpointing, datasets, generate, train  # pylint: disable=g-import-not-at-top
-
-    return (
-        ValueError,
-        FileNotFoundError,
-        PermissionError,
-        OSError,
-        checkpointing.CheckpointMismatchError,
-        datasets.DatasetNotPreparedError,
-        train.TrainingDivergedError,
-        generate.NonFiniteSamplesError,
-    )
+def sample_command(argv: list[str], workdir: str) -> str:
+    """The ``main.py --mode=sample`` command with the ``--config`` file and overrides of ``argv`` (the
+    command line of ``main.py --mode=train`` or of the converter), to print as the next step."""
+    config_args, i = [], 1
+    while i < len(argv):
+        arg = argv[i]
+        separate_value = i + 1 < len(argv) and not argv[i + 1].startswith("-")
+        if (arg == "--config" or (arg.startswith("--config.") and "=" not in arg)) and separate_value:
+            config_args.append(f"{arg}={argv[i + 1]}")  # "--flag value" form
+            i += 1
+        elif arg.startswith(("--config=", "--config.", "--noconfig.")):
+            config_args.append(arg)
+        i += 1
+    words = ["python", "main.py", *config_args, f"--workdir={workdir}", "--mode=sample"]
+    return " ".join(shlex.quote(w) for w in words)
 
 
 @contextlib.contextmanager
 def user_errors(debug: bool = False) -> Iterator[None]:
-    """Report user errors raised inside the block as one message and exit status 2 (unless ``debug``)."""
+    """Report :class:`~ncsn_jax.errors.UserError` raised inside the block as one ``error:`` message and its
+    exit status (unless ``debug``); Ctrl-C outside a training loop likewise. Other exceptions propagate."""
     try:
         yield
-    except user_error_types() as e:
+    except errors.UserError as e:
         if debug:
             raise
-        fail(str(e))
+        fail(str(e), e.exit_code)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        fail("interrupted", errors.Interrupted.exit_code)

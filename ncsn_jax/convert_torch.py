@@ -23,7 +23,6 @@ plain containers only); ``--trust_checkpoint`` lifts that for files whose origin
 from __future__ import annotations
 
 import os
-import shlex
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -33,7 +32,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ncsn_jax import cli_errors
+from ncsn_jax import cli_errors, errors
 
 FLAGS = flags.FLAGS
 _CONFIG = config_flags.DEFINE_config_file(
@@ -53,7 +52,7 @@ flags.mark_flags_as_required(["config", "checkpoint", "workdir"])
 AUTO_FIELDS = ("model.sigma_max", "model.num_scales", "sampling.step_lr")
 
 
-class TorchUnavailableError(ImportError):
+class TorchUnavailableError(errors.UserError):
     """PyTorch, needed to read ``.pth`` files, cannot be imported."""
 
 
@@ -84,7 +83,7 @@ def resolve_auto_fields(
         ``(config, resolved)``: the config with numbers in place of ``"auto"``, and the dotted fields set.
 
     Raises:
-        ValueError: ``sigma_max`` / ``num_scales`` are ``"auto"`` but the checkpoint has no ``sigmas`` buffer.
+        UserError: ``sigma_max`` / ``num_scales`` are ``"auto"`` but the checkpoint has no ``sigmas`` buffer.
     """
     from ncsn_jax import config_lib  # pylint: disable=g-import-not-at-top
 
@@ -93,7 +92,7 @@ def resolve_auto_fields(
     if from_table:
         table = _sigmas_buffer(state_dict)
         if table is None:
-            raise ValueError(
+            raise errors.UserError(
                 f"config.{from_table[0]} is 'auto', which is computed from the training data, and the "
                 f"checkpoint has no 'sigmas' buffer to read the noise levels from (model "
                 f"{config.model.name!r}). Set --config.model.sigma_max and --config.model.num_scales to the "
@@ -118,12 +117,12 @@ def _load(checkpoint_path: str, trusted: bool) -> dict[str, Any]:
         return convert_lib.load_torch_checkpoint(checkpoint_path, trusted=trusted)
     except ImportError as e:
         raise TorchUnavailableError(convert_lib.TORCH_INSTALL_HINT) from e
-    except ValueError:
+    except errors.UserError:
         raise  # the file was read but is not in the reference format; the message says so
     except Exception as e:  # pylint: disable=broad-except  (torch.load: pickle / zip / format errors)
         message = str(e)
         if "Unsupported global" in message:  # a pickled class or function: refused by weights_only=True
-            raise ValueError(
+            raise errors.UserError(
                 f"--checkpoint={checkpoint_path} holds Python objects besides tensors and plain containers, "
                 "which torch.load(weights_only=True) refuses to unpickle. If you trust the file's origin, "
                 "rerun with --trust_checkpoint."
@@ -132,7 +131,7 @@ def _load(checkpoint_path: str, trusted: bool) -> dict[str, Any]:
         _, _, cause = message.partition("WeightsUnpickler error:")
         text = (cause or message).strip()
         detail = text.splitlines()[0] if text else "no message"
-        raise ValueError(
+        raise errors.UserError(
             f"--checkpoint={checkpoint_path} is not a readable PyTorch checkpoint "
             f"({type(e).__name__}: {detail[:200]})."
         ) from e
@@ -144,25 +143,24 @@ def convert(
     """Write the weights of ``checkpoint_path`` as an ncsn-jax checkpoint in ``workdir``; returns its step.
 
     Raises:
-        FileNotFoundError: ``checkpoint_path`` is not a file.
-        ValueError: the file is unreadable or not in the reference format, its state dicts do not fit
-            ``models.create(config)``, ``"auto"`` fields cannot be resolved, or ``workdir`` already holds
-            checkpoints.
-        TorchUnavailableError: PyTorch cannot be imported.
+        UserError: ``checkpoint_path`` is not a file, or is unreadable or not in the reference format, its
+            state dicts do not fit ``models.create(config)``, ``"auto"`` fields cannot be resolved, or
+            ``workdir`` already holds checkpoints.
+        TorchUnavailableError: (a UserError) PyTorch cannot be imported.
     """
     if not os.path.isfile(checkpoint_path):
-        raise FileNotFoundError(f"--checkpoint={checkpoint_path} does not exist or is not a file.")
+        raise errors.UserError(f"--checkpoint={checkpoint_path} does not exist or is not a file.")
     import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
-    from ncsn_jax import checkpointing, config_lib, models, train  # pylint: disable=g-import-not-at-top
+    from ncsn_jax import checkpointing, config_lib, models, train_state  # pylint: disable=g-import-not-at-top
     from ncsn_jax.models import convert as convert_lib  # pylint: disable=g-import-not-at-top
 
     config_lib.validate(config)
     checkpointing.ensure_writable(workdir)
     existing = checkpointing.CheckpointStore(workdir, read_only=True).latest_meta()
     if existing is not None:
-        raise ValueError(
+        raise errors.UserError(
             f"--workdir={workdir} already holds checkpoints (newest: step {existing['step']}); convert into "
             "an empty workdir so that --mode=sample finds the converted weights."
         )
@@ -174,8 +172,8 @@ def convert(
     def to_params(state_dict: Mapping[str, np.ndarray], what: str) -> Any:
         try:
             return convert_lib.from_torch_state_dict(state_dict, config)["params"]
-        except ValueError as e:
-            raise ValueError(
+        except errors.UserError as e:
+            raise errors.UserError(
                 f"The {what} weights of --checkpoint={checkpoint_path} do not fit --config (model "
                 f"{config.model.name!r}, ngf {config.model.get('ngf')}, "
                 f"{'x'.join(str(d) for d in example_shape)}): {e}"
@@ -187,12 +185,12 @@ def convert(
     step = int(loaded.get("step") or 0)
 
     model = models.create(config)
-    optimizer = train.create_optimizer(config.optim)
+    optimizer = train_state.create_optimizer(config.optim)
 
     # Every other field of the train state (the training key from config.seed, counters) as a fresh run
     # has it; compiled without the weights, so XLA drops the random initialisation they would need.
     def fresh_state_without_weights():
-        state = train.init_train_state(model, config, example_shape, optimizer)
+        state = train_state.init_train_state(model, config, example_shape, optimizer)
         return state.replace(params=None, ema_params=None, opt_state=None)
 
     state = jax.jit(fresh_state_without_weights)().replace(
@@ -225,35 +223,14 @@ def convert(
     return step
 
 
-def _sample_command(argv: list[str], workdir: str) -> str:
-    """The ``main.py --mode=sample`` command with the same ``--config`` file and overrides."""
-    config_args, i = [], 1
-    while i < len(argv):
-        arg = argv[i]
-        separate_value = i + 1 < len(argv) and not argv[i + 1].startswith("-")
-        if (arg == "--config" or (arg.startswith("--config.") and "=" not in arg)) and separate_value:
-            config_args.append(f"{arg}={argv[i + 1]}")  # "--flag value" form
-            i += 1
-        elif arg.startswith(("--config=", "--config.", "--noconfig.")):
-            config_args.append(arg)
-        i += 1
-    words = ["python", "main.py", *config_args, f"--workdir={workdir}", "--mode=sample"]
-    return " ".join(shlex.quote(w) for w in words)
-
-
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     with cli_errors.user_errors(debug=FLAGS.debug):
-        try:
-            step = convert(FLAGS.checkpoint, _CONFIG.value, FLAGS.workdir, trusted=FLAGS.trust_checkpoint)
-        except TorchUnavailableError as e:
-            if FLAGS.debug:
-                raise
-            cli_errors.fail(str(e))
+        step = convert(FLAGS.checkpoint, _CONFIG.value, FLAGS.workdir, trusted=FLAGS.trust_checkpoint)
     print(
         f"Wrote the checkpoint of step {step} to {FLAGS.workdir}; sample with:\n  "
-        f"{_sample_command(sys.argv, FLAGS.workdir)}"
+        f"{cli_errors.sample_command(sys.argv, FLAGS.workdir)}"
     )
 
 

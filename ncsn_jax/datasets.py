@@ -58,15 +58,18 @@ fixed train/test split is described in :func:`digits_split_indices`.
 
 ``data_dir`` is the ``data_dir`` argument of :func:`create_dataset`, else ``config.data.data_dir``, else
 TFDS's default (``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``). A dataset that is not prepared raises
-:class:`DatasetNotPreparedError` whose message is the exact command for that dataset and folder.
+:class:`ncsn_jax.errors.DatasetNotPreparedError` whose message is the exact command for that dataset and
+folder.
 """
 
 from __future__ import annotations
 
 import abc
 import concurrent.futures
+import contextlib
+import logging as python_logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import chex
@@ -74,12 +77,11 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from ncsn_jax import mixtures
+from ncsn_jax import errors, mixtures
 
 __all__ = [
     "DATASET_NAMES",
     "DataSource",
-    "DatasetNotPreparedError",
     "FiniteImageSource",
     "ToyMixtureSource",
     "center_crop",
@@ -124,10 +126,6 @@ _CELEBA_MANUAL_FILES = (
 )
 
 
-class DatasetNotPreparedError(ValueError):
-    """A TFDS dataset is not prepared (in a random-access format) in the data directory."""
-
-
 # ----------------------------------------------------------------------------------------------------
 # Sharding and stream helpers.
 
@@ -142,7 +140,7 @@ def _local_rows(global_batch_size: int, process_index: int, process_count: int) 
             f"process_count={process_count}."
         )
     if global_batch_size % process_count:
-        raise ValueError(
+        raise errors.UserError(
             f"The global batch size {global_batch_size} is not divisible by the process count "
             f"{process_count}: every process must get the same number of examples. Choose a "
             f"batch size that is a multiple of {process_count}."
@@ -159,7 +157,7 @@ def _check_step(step: int) -> int:
 
 def _check_seed(seed: Any) -> int:
     if isinstance(seed, bool) or int(seed) != seed or seed < 0:
-        raise ValueError(f"config.seed must be a non-negative integer, got {seed!r}.")
+        raise errors.UserError(f"config.seed must be a non-negative integer, got {seed!r}.")
     return int(seed)
 
 
@@ -175,7 +173,7 @@ def center_crop(image: np.ndarray, size: int) -> np.ndarray:
     """
     height, width = image.shape[:2]
     if size > height or size > width:
-        raise ValueError(f"Cannot crop {size}×{size} out of a {height}×{width} image.")
+        raise errors.UserError(f"Cannot crop {size}×{size} out of a {height}×{width} image.")
     top = int(round((height - size) / 2.0))
     left = int(round((width - size) / 2.0))
     return image[top : top + size, left : left + size]
@@ -316,7 +314,7 @@ class FiniteImageSource(DataSource):
         uniform_dequantization: bool,
     ):
         if num_examples < 1:
-            raise ValueError(f"Dataset {name!r} has no examples.")
+            raise errors.UserError(f"Dataset {name!r} has no examples.")
         self.name = name
         self.example_shape = tuple(int(d) for d in example_shape)
         self.num_examples = int(num_examples)
@@ -506,22 +504,45 @@ def _default_data_dir() -> str:
     return os.environ.get("TFDS_DATA_DIR", os.path.join(os.path.expanduser("~"), "tensorflow_datasets"))
 
 
+class _DropMissingDatasetInfo(python_logging.Filter):
+    """TFDS warns "Variant folder … has no dataset_info.json" each time it looks into a folder where the
+    dataset is not prepared; the error raised then says what to do instead."""
+
+    def filter(self, record: python_logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Variant folder")
+
+
+@contextlib.contextmanager
+def _without_missing_dataset_info_warnings() -> Iterator[None]:
+    logger, quiet = python_logging.getLogger("absl"), _DropMissingDatasetInfo()  # TFDS logs through absl
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
 def _open_tfds(name: str, tfds_name: str, split: str, data_dir: str) -> Sequence[Any]:
     """``tfds.data_source`` without downloading; failures are diagnosed into actionable errors."""
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
+    with _without_missing_dataset_info_warnings():
+        return _open_tfds_quietly(tfds, name, tfds_name, split, data_dir)
+
+
+def _open_tfds_quietly(tfds: Any, name: str, tfds_name: str, split: str, data_dir: str) -> Sequence[Any]:
     try:
         return tfds.data_source(tfds_name, split=split, data_dir=data_dir, download=False)
     except Exception as error:  # diagnosed below, re-raised if it is none of the known cases
         builder = tfds.builder(tfds_name, data_dir=data_dir)
         if not builder.is_prepared():
-            raise DatasetNotPreparedError(
+            raise errors.DatasetNotPreparedError(
                 _not_prepared_message(name, tfds_name, data_dir, "is not prepared")
             ) from error
         if isinstance(error, NotImplementedError):  # prepared, but only in TFRecord (no random access)
             problem = f"is prepared only in the {builder.info.file_format} format at {builder.data_dir}"
             message = _not_prepared_message(name, tfds_name, data_dir, problem)
-            raise DatasetNotPreparedError(message) from error
+            raise errors.DatasetNotPreparedError(message) from error
         available = list(builder.info.splits)
         if available and split.split("[")[0] not in available:
             raise ValueError(
@@ -569,9 +590,9 @@ def _create_tfds(config: ml_collections.ConfigDict, split: str, data_dir: str | 
 def _image_size(config: ml_collections.ConfigDict, name: str) -> int:
     image_size = config.data.get("image_size", None) or _DEFAULT_IMAGE_SIZE[name]
     if int(image_size) != image_size or image_size < 1:
-        raise ValueError(f"config.data.image_size must be a positive integer, got {image_size!r}.")
+        raise errors.UserError(f"config.data.image_size must be a positive integer, got {image_size!r}.")
     if name == "celeba" and image_size > CELEBA_CROP_SIZE:
-        raise ValueError(
+        raise errors.UserError(
             f"config.data.image_size={image_size} exceeds CelebA's {CELEBA_CROP_SIZE}-pixel crop."
         )
     return int(image_size)
@@ -589,19 +610,21 @@ def create_dataset(
       data_dir: TFDS data directory; overrides ``config.data.data_dir``.
 
     Raises:
-      ValueError: unknown dataset or split, or a config inconsistent with the dataset.
-      DatasetNotPreparedError: a TFDS dataset is not prepared in ``data_dir`` (message: the command).
+      UserError: unknown dataset, or a config inconsistent with the dataset.
+      ValueError: unknown split.
+      DatasetNotPreparedError: (a UserError) a TFDS dataset is not prepared in ``data_dir`` (message: the
+        command).
     """
     name = config.data.dataset
     if name not in DATASET_NAMES:
-        raise ValueError(
+        raise errors.UserError(
             f"Unknown dataset {name!r} (config.data.dataset); valid: {', '.join(DATASET_NAMES)}."
         )
     if name == "toy":
         return ToyMixtureSource(seed=config.seed, split=split)
     num_channels = config.data.get("num_channels", None)  # None / 0: not set
     if num_channels and num_channels != _NUM_CHANNELS[name]:
-        raise ValueError(
+        raise errors.UserError(
             f"config.data.num_channels={num_channels} but {name!r} images have "
             f"{_NUM_CHANNELS[name]} channel(s)."
         )

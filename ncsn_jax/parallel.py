@@ -13,6 +13,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from ncsn_jax import errors
+
 DATA_AXIS = "data"
 
 
@@ -38,10 +40,10 @@ def batch_sharded(mesh: Mesh, leading_axes: int = 0) -> NamedSharding:
 
 
 def check_batch_size(global_batch_size: int, what: str = "config.training.batch_size") -> None:
-    """Raise a ``ValueError`` unless the global batch splits evenly over all devices and processes."""
+    """Raise a :class:`~ncsn_jax.errors.UserError` unless the global batch splits evenly over all devices and processes."""
     n_devices = jax.device_count()
     if global_batch_size % n_devices or global_batch_size % jax.process_count():
-        raise ValueError(
+        raise errors.UserError(
             f"{what}={global_batch_size} is not divisible by the number of devices ({n_devices} over "
             f"{jax.process_count()} process(es)); choose a multiple of {n_devices}, e.g. "
             f"--{what}={max(n_devices, global_batch_size - global_batch_size % n_devices)}."

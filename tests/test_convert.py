@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from ncsn_jax import models, noise
+from ncsn_jax import errors, models, noise
 from ncsn_jax.models import convert, layers, normalization
 from tests.torch_reference import build_torch_reference, nchw, nhwc, randomize_norm_parameters
 
@@ -170,7 +170,7 @@ def test_missing_key_is_named(ncsnv2_state):
     state, config = ncsnv2_state
     broken = {k: v for k, v in state.items() if k != "module.refine3.msf.convs.0.bias"}
     with pytest.raises(
-        ValueError,
+        errors.UserError,
         match=r"missing from the checkpoint: refine3\.msf\.convs\.0\.bias "
         r"\(expected shape \(128,\)\)",
     ):
@@ -181,7 +181,7 @@ def test_wrong_shape_is_named(ncsnv2_state):
     state, config = ncsnv2_state
     broken = dict(state, **{"module.res1.0.conv1.weight": np.zeros((128, 128, 1, 1), np.float32)})
     with pytest.raises(
-        ValueError,
+        errors.UserError,
         match=r"res1\.0\.conv1\.weight: checkpoint \(128, 128, 1, 1\) != model "
         r"\(128, 128, 3, 3\)",
     ):
@@ -192,17 +192,17 @@ def test_unused_key_is_named(ncsnv2_state):
     state, config = ncsnv2_state
     broken = dict(state, **{"module.res5.0.conv1.weight": np.zeros((3, 3), np.float32)})
     with pytest.raises(
-        ValueError, match=r"1 checkpoint entry not used by model 'ncsnv2': res5\.0\.conv1\.weight"
+        errors.UserError, match=r"1 checkpoint entry not used by model 'ncsnv2': res5\.0\.conv1\.weight"
     ):
         convert.from_torch_state_dict(broken, config)
 
 
 def test_sigma_table_mismatch_is_an_error(ncsnv2_state):
     state, config = ncsnv2_state
-    with pytest.raises(ValueError, match="noise levels"):
+    with pytest.raises(errors.UserError, match="noise levels"):
         convert.from_torch_state_dict(dict(state, **{"module.sigmas": state["module.sigmas"][:-1]}), config)
     other = make_config(**dict(REFERENCE_CONFIGS["ncsnv2_cifar10"], sigma_max=90.0))
-    with pytest.raises(ValueError, match="sigma_max=90.0"):
+    with pytest.raises(errors.UserError, match="sigma_max=90.0"):
         convert.from_torch_state_dict(state, other)
     # Without a sigma table to compare with ("auto" fields), the buffer is accepted.
     auto = make_config(**dict(REFERENCE_CONFIGS["ncsnv2_cifar10"], num_scales="auto"))
@@ -211,7 +211,7 @@ def test_sigma_table_mismatch_is_an_error(ncsnv2_state):
 
 def test_duplicate_prefixed_keys_are_an_error(ncsnv2_state):
     state, config = ncsnv2_state
-    with pytest.raises(ValueError, match="twice"):
+    with pytest.raises(errors.UserError, match="twice"):
         convert.from_torch_state_dict(dict(state, **{"end_conv.bias": state["module.end_conv.bias"]}), config)
 
 
@@ -348,7 +348,8 @@ def test_residual_blocks_match_torch(torch_ref, resample, dilation, adjust_paddi
 
 
 @pytest.mark.parametrize(
-    "kind, ngf, image_size", [("ncsn", 8, 16), ("ncsnv2", 8, 16), ("ncsnv2_deepest", 4, 16)]
+    "kind, ngf, image_size",
+    [("ncsn", 8, 16), ("ncsnv2", 8, 16), ("ncsnv2_deeper", 4, 16), ("ncsnv2_deepest", 4, 16)],
 )
 def test_whole_networks_match_torch_after_conversion(torch_ref, kind, ngf, image_size):
     torch, ref = torch_ref
@@ -414,5 +415,5 @@ def test_load_torch_checkpoint_formats(torch_ref, tmp_path):
 
     bad_path = tmp_path / "bad.pth"
     torch.save([1, 2, 3], bad_path)
-    with pytest.raises(ValueError, match="model state dict"):
+    with pytest.raises(errors.UserError, match="model state dict"):
         convert.load_torch_checkpoint(str(bad_path))

@@ -10,7 +10,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from ncsn_jax import datasets, mixtures
+from ncsn_jax import datasets, errors, mixtures
 
 SEED = 7
 MOCK_EXAMPLES = 24  # small split: a few steps make an epoch and batches straddle epoch boundaries
@@ -324,7 +324,7 @@ def test_resize_bilinear_reproduces_a_linear_ramp():
 
 
 def test_unknown_dataset_lists_valid_names():
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(errors.UserError) as info:
         datasets.create_dataset(make_config("imagenet"))
     assert "imagenet" in str(info.value)
     for name in datasets.DATASET_NAMES:
@@ -334,29 +334,29 @@ def test_unknown_dataset_lists_valid_names():
 @pytest.mark.parametrize("dataset", ["toy", "digits"])
 def test_batch_not_divisible_by_process_count(dataset):
     source = datasets.create_dataset(make_config(dataset))
-    with pytest.raises(ValueError, match="10 is not divisible by the process count 4"):
+    with pytest.raises(errors.UserError, match="10 is not divisible by the process count 4"):
         source.get_batch(0, 10, process_index=0, process_count=4)
 
 
 def test_num_channels_mismatch():
-    with pytest.raises(ValueError, match="num_channels=3"):
+    with pytest.raises(errors.UserError, match="num_channels=3"):
         datasets.create_dataset(make_config("digits", num_channels=3))
 
 
 def test_not_prepared_dataset_says_the_prepare_command(tmp_path):
     data_dir = str(tmp_path / "tfds")
     os.makedirs(data_dir)
-    with pytest.raises(datasets.DatasetNotPreparedError) as info:
+    with pytest.raises(errors.DatasetNotPreparedError) as info:
         datasets.create_dataset(make_config("cifar10"), data_dir=data_dir)
     message = str(info.value)
-    assert isinstance(info.value, ValueError)
+    assert isinstance(info.value, errors.UserError)
     assert (
         f"pip install tensorflow-cpu importlib_resources && "
         f"tfds build cifar10 --data_dir={data_dir} --file_format=array_record"
     ) in message
     assert os.listdir(data_dir) == []  # nothing was downloaded or written
 
-    with pytest.raises(datasets.DatasetNotPreparedError) as info:  # data_dir from the config
+    with pytest.raises(errors.DatasetNotPreparedError) as info:  # data_dir from the config
         datasets.create_dataset(make_config("celeba", data_dir=data_dir))
     assert f"tfds build celeb_a --data_dir={data_dir} --file_format=array_record" in str(info.value)
     assert "--manual_dir" in str(info.value)

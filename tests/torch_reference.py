@@ -204,7 +204,8 @@ def build_torch_reference(torch):
             return self.output_convs(self.crp(h, y), y)
 
     class RefineNet(nn.Module):
-        """NCSNv2 / NCSNv2Deepest (unconditional, output / sigmas[y]) or CondRefineNetDilated (conditional)."""
+        """NCSNv2 / NCSNv2Deeper / NCSNv2Deepest (unconditional, output / sigmas[y]) or CondRefineNetDilated
+        (conditional). NCSNv2Deepest is NCSNv2Deeper with the extra stage res31 / refine31."""
 
         def __init__(self, kind, ngf, channels, image_size, sigmas):
             super().__init__()
@@ -224,9 +225,11 @@ def build_torch_reference(torch):
             self.end_conv = nn.Conv2d(ngf, channels, 3, stride=1, padding=1)
             self.res1 = nn.ModuleList([rb(ngf, ngf), rb(ngf, ngf)])
             self.res2 = nn.ModuleList([rb(ngf, 2 * ngf, resample="down"), rb(2 * ngf, 2 * ngf)])
-            if kind == "ncsnv2_deepest":
+            self.deeper = kind in ("ncsnv2_deeper", "ncsnv2_deepest")
+            if self.deeper:
                 self.res3 = nn.ModuleList([rb(2 * ngf, 2 * ngf, resample="down"), rb(2 * ngf, 2 * ngf)])
-                self.res31 = nn.ModuleList([rb(2 * ngf, 2 * ngf, resample="down"), rb(2 * ngf, 2 * ngf)])
+                if kind == "ncsnv2_deepest":
+                    self.res31 = nn.ModuleList([rb(2 * ngf, 2 * ngf, resample="down"), rb(2 * ngf, 2 * ngf)])
                 self.res4 = nn.ModuleList(
                     [rb(2 * ngf, 4 * ngf, resample="down", dilation=2), rb(4 * ngf, 4 * ngf, dilation=2)]
                 )
@@ -235,7 +238,8 @@ def build_torch_reference(torch):
                 )
                 self.refine1 = RefineBlock([4 * ngf], 4 * ngf, start=True)
                 self.refine2 = RefineBlock([4 * ngf, 4 * ngf], 2 * ngf)
-                self.refine31 = RefineBlock([2 * ngf, 2 * ngf], 2 * ngf)
+                if kind == "ncsnv2_deepest":
+                    self.refine31 = RefineBlock([2 * ngf, 2 * ngf], 2 * ngf)
                 self.refine3 = RefineBlock([2 * ngf, 2 * ngf], 2 * ngf)
                 self.refine4 = RefineBlock([2 * ngf, 2 * ngf], ngf)
                 self.refine5 = RefineBlock([ngf, ngf], ngf, end=True)
@@ -260,13 +264,14 @@ def build_torch_reference(torch):
             l1 = run(self.res1, h)
             l2 = run(self.res2, l1)
             l3 = run(self.res3, l2)
-            if self.kind == "ncsnv2_deepest":
-                l31 = run(self.res31, l3)
+            if self.deeper:
+                deepest = self.kind == "ncsnv2_deepest"
+                l31 = run(self.res31, l3) if deepest else l3
                 l4 = run(self.res4, l31)
                 l5 = run(self.res5, l4)
                 r1 = self.refine1([l5], y, l5.shape[2:])
                 r2 = self.refine2([l4, r1], y, l4.shape[2:])
-                r31 = self.refine31([l31, r2], y, l31.shape[2:])
+                r31 = self.refine31([l31, r2], y, l31.shape[2:]) if deepest else r2
                 r3 = self.refine3([l3, r31], y, l3.shape[2:])
                 r4 = self.refine4([l2, r3], y, l2.shape[2:])
                 out = self.refine5([l1, r4], y, l1.shape[2:])

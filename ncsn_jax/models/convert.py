@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ncsn_jax import errors
+
 # Torch buffers that are not parameters of the Flax models.
 SIGMAS_BUFFER = "sigmas"
 IGNORED_BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
@@ -84,7 +86,7 @@ def strip_module_prefix(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
         while name.startswith("module."):
             name = name[len("module.") :]
         if name in stripped:
-            raise ValueError(f"State dict has {name!r} twice (with and without a 'module.' prefix).")
+            raise errors.UserError(f"State dict has {name!r} twice (with and without a 'module.' prefix).")
         stripped[name] = to_numpy(value)
     return stripped
 
@@ -94,7 +96,7 @@ def map_state_dict(state_dict: Mapping[str, Any], target: Any) -> tuple[Any, dic
 
     Returns ``(params, leftover)``: the filled tree (float32 jax arrays in ``target``'s dtypes) and the
     entries no parameter used (the caller decides which of those are acceptable buffers). Raises
-    ``ValueError`` listing every missing key and every shape mismatch.
+    :class:`~ncsn_jax.errors.UserError` listing every missing key and every shape mismatch.
     """
     source = strip_module_prefix(state_dict)
     flat_target = flax.traverse_util.flatten_dict(flax.core.unfreeze(target))
@@ -124,25 +126,22 @@ def map_state_dict(state_dict: Mapping[str, Any], target: Any) -> tuple[Any, dic
             problems.append(f"{len(missing)} parameter(s) missing from the checkpoint: " + "; ".join(missing))
         if mismatched:
             problems.append(f"{len(mismatched)} shape mismatch(es): " + "; ".join(mismatched))
-        raise ValueError("The checkpoint does not fit this model. " + " | ".join(problems))
+        raise errors.UserError("The checkpoint does not fit this model. " + " | ".join(problems))
     leftover = {key: value for key, value in source.items() if key not in by_key}
     return flax.traverse_util.unflatten_dict(flat_params), leftover
 
 
 def _check_sigmas(sigmas: np.ndarray, config: Any) -> None:
     """Compares a checkpoint's ``sigmas`` buffer with the config's table (skipped for ``"auto"`` fields)."""
-    from ncsn_jax import noise  # pylint: disable=g-import-not-at-top
+    from ncsn_jax import config_lib  # pylint: disable=g-import-not-at-top
 
     model = config.model
-    try:
-        expected = noise.geometric_sigmas(
-            float(model.sigma_max), float(model.sigma_min), int(model.num_scales)
-        )
-    except (TypeError, ValueError):
-        return  # "auto" fields: nothing to compare with
+    if config_lib.is_auto(model.sigma_max) or config_lib.is_auto(model.num_scales):
+        return  # nothing to compare with
+    expected = config_lib.sigmas(config)
     sigmas = np.asarray(sigmas, np.float64).reshape(-1)
     if sigmas.shape != expected.shape or not np.allclose(sigmas, expected, rtol=1e-5, atol=0.0):
-        raise ValueError(
+        raise errors.UserError(
             f"The checkpoint's noise levels (buffer 'sigmas': {sigmas.size} levels, {sigmas[0]:.6g} -> "
             f"{sigmas[-1]:.6g}) differ from the config's (config.model.sigma_max={model.sigma_max}, "
             f"sigma_min={model.sigma_min}, num_scales={model.num_scales}: {expected.size} levels, "
@@ -155,7 +154,8 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], config: Any) -> dict[st
 
     ``state_dict`` maps names to numpy arrays or torch tensors, with or without ``module.`` prefixes. Every
     parameter must be present exactly once with its torch shape; a ``sigmas`` buffer must match the config's
-    noise levels; any other leftover key is an error. Raises ``ValueError`` naming every offending key.
+    noise levels; any other leftover key is an error. Raises :class:`~ncsn_jax.errors.UserError` naming
+    every offending key.
     """
     from ncsn_jax import models  # pylint: disable=g-import-not-at-top  (models imports this module's package)
 
@@ -169,7 +169,7 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], config: Any) -> dict[st
         elif not key.endswith(IGNORED_BUFFER_SUFFIXES):
             unexpected.append(f"{key} {tuple(value.shape)}")
     if unexpected:
-        raise ValueError(
+        raise errors.UserError(
             f"{len(unexpected)} checkpoint entr{'y' if len(unexpected) == 1 else 'ies'} not used by "
             f"model {config.model.name!r}: " + "; ".join(unexpected)
         )
@@ -198,7 +198,7 @@ def load_torch_checkpoint(path: str, *, trusted: bool = False) -> dict[str, Any]
 
     def as_numpy_dict(state: Any, what: str) -> dict[str, np.ndarray]:
         if not isinstance(state, Mapping):
-            raise ValueError(
+            raise errors.UserError(
                 f"{path}: expected the {what} state dict (a mapping), found {type(state).__name__}."
             )
         return {str(k): to_numpy(v) for k, v in state.items()}
@@ -213,7 +213,7 @@ def load_torch_checkpoint(path: str, *, trusted: bool = False) -> dict[str, Any]
         }
     if not isinstance(obj, (list, tuple)) or not 1 <= len(obj) <= 5:
         length = len(obj) if hasattr(obj, "__len__") else "?"
-        raise ValueError(
+        raise errors.UserError(
             f"{path}: expected the reference format [model_state, optimizer_state(, epoch, step"
             f"(, ema_state))], found {type(obj).__name__} of length {length}."
         )

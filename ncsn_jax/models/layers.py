@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ncsn_jax import errors
+
 Dtype = Any
 Normalization = Callable[..., nn.Module] | None
 
@@ -45,20 +47,24 @@ def torch_default_bias_init(fan_in: int) -> Callable[..., jax.Array]:
     return init
 
 
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "elu": jax.nn.elu,
+    "relu": jax.nn.relu,
+    "lrelu": functools.partial(jax.nn.leaky_relu, negative_slope=0.2),
+    "swish": jax.nn.silu,
+    "silu": jax.nn.silu,
+    "softplus": jax.nn.softplus,
+}
+
+
 def get_activation(name: str) -> Callable[[jax.Array], jax.Array]:
     """``config.model.nonlinearity``: elu (the papers' choice) | relu | lrelu (slope 0.2) | swish | softplus."""
-    activations = {
-        "elu": jax.nn.elu,
-        "relu": jax.nn.relu,
-        "lrelu": functools.partial(jax.nn.leaky_relu, negative_slope=0.2),
-        "swish": jax.nn.silu,
-        "silu": jax.nn.silu,
-        "softplus": jax.nn.softplus,
-    }
     key = name.lower()
-    if key not in activations:
-        raise ValueError(f"Unknown nonlinearity {name!r}; valid: {', '.join(activations)}.")
-    return activations[key]
+    if key not in ACTIVATIONS:
+        raise errors.UserError(
+            f"Unknown nonlinearity {name!r} (config.model.nonlinearity); valid: {', '.join(ACTIVATIONS)}."
+        )
+    return ACTIVATIONS[key]
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -14,8 +14,9 @@ regression target of ``f`` is ``-z ~ N(0, I)`` at every level, so ``f`` works at
 * ``"scale"`` — NCSNv2's technique 3: ``f(x)`` does not see sigma at all (input ``x`` as is), so
   ``s(x, sigma) * sigma`` is independent of sigma exactly.
 
-Config: ``config.model.hidden_dims`` (widths), ``sigma_conditioning``, ``nonlinearity`` (default
-``"softplus"`` here; ``"elu"`` etc. work), optional ``data_std`` (1.0) and ``num_frequencies`` (8).
+Config: ``config.model.hidden_dims`` (widths), ``sigma_conditioning``, ``nonlinearity`` (``"elu"`` in
+``configs/default.py``, which every config file inherits; any of :func:`ncsn_jax.models.layers.get_activation`),
+optional ``data_std`` (1.0) and ``num_frequencies`` (8).
 Dense layers use flax's default (LeCun normal) initialisation; the output layer starts at zero so the
 initial score is 0.
 """
@@ -31,6 +32,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ncsn_jax import errors
 from ncsn_jax.models import layers, registry
 
 Dtype = Any
@@ -50,7 +52,7 @@ class NoiseConditionalMLP(nn.Module):
 
     hidden_dims: Sequence[int] = (128, 128, 128)
     sigma_conditioning: str = "embedding"
-    nonlinearity: str = "softplus"
+    nonlinearity: str = "elu"
     data_std: float = 1.0
     num_frequencies: int = 8
     dtype: Dtype = jnp.float32
@@ -59,8 +61,8 @@ class NoiseConditionalMLP(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, sigma: jax.Array | float) -> jax.Array:
         if self.sigma_conditioning not in SIGMA_CONDITIONINGS:
-            raise ValueError(
-                f"Unknown sigma_conditioning {self.sigma_conditioning!r}; "
+            raise errors.UserError(
+                f"Unknown config.model.sigma_conditioning {self.sigma_conditioning!r}; "
                 f"valid: {', '.join(SIGMA_CONDITIONINGS)}."
             )
         chex.assert_rank(x, {2, 3, 4})
@@ -99,7 +101,7 @@ def build_mlp(config: Any) -> NoiseConditionalMLP:
     return NoiseConditionalMLP(
         hidden_dims=tuple(int(w) for w in model.get("hidden_dims", (128, 128, 128))),
         sigma_conditioning=str(model.get("sigma_conditioning", "embedding")),
-        nonlinearity=str(model.get("nonlinearity", "softplus")),
+        nonlinearity=str(model.get("nonlinearity", "elu")),
         data_std=float(model.get("data_std", 1.0)),
         num_frequencies=int(model.get("num_frequencies", 8)),
         dtype=registry.compute_dtype(config),

@@ -35,6 +35,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ncsn_jax import errors
+
 Dtype = Any
 EPS = 1e-5  # torch's InstanceNorm2d / BatchNorm2d default, and the reference's eps for mu_tilde
 
@@ -320,6 +322,11 @@ _CONDITIONAL = {
 }
 
 
+def normalization_names() -> tuple[str, ...]:
+    """The valid values of ``config.model.normalization`` (each also with a ``Conditional`` prefix)."""
+    return tuple(sorted(set(_UNCONDITIONAL) | set(_CONDITIONAL)))
+
+
 def get_normalization(
     name: str, *, conditional: bool, num_classes: int | None = None, param_dtype: Dtype = jnp.float32
 ) -> Callable[..., nn.Module]:
@@ -328,7 +335,9 @@ def get_normalization(
     table = _CONDITIONAL if conditional else _UNCONDITIONAL
     if key not in table:
         kind = "conditional" if conditional else "unconditional"
-        raise ValueError(f"Unknown {kind} normalization {name!r}; valid: {', '.join(table)}.")
+        raise errors.UserError(
+            f"Unknown {kind} normalization {name!r} (config.model.normalization); valid: {', '.join(table)}."
+        )
     if conditional:
         if num_classes is None:
             raise ValueError("A conditional normalization needs num_classes (the number of noise levels).")

@@ -18,9 +18,12 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ncsn_jax import errors
+
 Builder = Callable[[Any], nn.Module]
 
 _BUILDERS: dict[str, Builder] = {}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}  # config.model.dtype
 
 
 def register(name: str) -> Callable[[Builder], Builder]:
@@ -41,17 +44,17 @@ def registered_names() -> tuple[str, ...]:
 
 
 def create(config: Any) -> nn.Module:
-    """Builds the score network named ``config.model.name`` (an unknown name is a ``ValueError``)."""
+    """Builds the score network named ``config.model.name`` (an unknown name is a
+    :class:`~ncsn_jax.errors.UserError`)."""
     name = config.model.name
     if name not in _BUILDERS:
-        raise ValueError(f"Unknown model name {name!r}; valid names: {', '.join(registered_names())}.")
+        raise errors.UserError(f"Unknown model name {name!r}; valid names: {', '.join(registered_names())}.")
     return _BUILDERS[name](config)
 
 
 def compute_dtype(config: Any) -> Any:
     """``config.model.dtype`` ("float32" | "bfloat16") as a jnp dtype (parameters always stay float32)."""
     name = str(config.model.get("dtype", "float32"))
-    dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-    if name not in dtypes:
-        raise ValueError(f"Unknown config.model.dtype {name!r}; valid: {', '.join(dtypes)}.")
-    return dtypes[name]
+    if name not in DTYPES:
+        raise errors.UserError(f"Unknown config.model.dtype {name!r}; valid: {', '.join(DTYPES)}.")
+    return DTYPES[name]
