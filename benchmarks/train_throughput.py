@@ -80,8 +80,10 @@ def benchmark(name: str) -> dict[str, float | str]:
     x = jnp.asarray(rng.uniform(size=(n_sample, *example_shape)), jnp.float32)
     n_steps = 5
     run = jax.jit(
-        lambda x, key: sampling.annealed_langevin_dynamics(
-            score_fn, x, sigmas[-2:], key, n_steps_each=n_steps, step_lr=1e-5
+        lambda x, key: (
+            sampling.annealed_langevin_dynamics(
+                score_fn, x, sigmas[-2:], key, n_steps_each=n_steps, step_lr=1e-5
+            ).samples
         )
     )
     jax.block_until_ready(run(x, jax.random.PRNGKey(0)))

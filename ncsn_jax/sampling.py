@@ -4,7 +4,9 @@ Every sampler is a pure function of explicit arrays and a PRNG key, built on ``j
 loop over steps), and can be wrapped in ``jax.jit`` with the step counts static, e.g.::
 
     sample = jax.jit(lambda x, key: annealed_langevin_dynamics(
-        score_fn, x, sigmas, key, n_steps_each=100, step_lr=0.1))
+        score_fn, x, sigmas, key, n_steps_each=100, step_lr=0.1).samples)
+
+Every sampler returns a :class:`SamplerOutput` ``(samples, trajectory, level_finite)``, whatever was asked.
 
 Step-size convention (NCSN's Algorithm 1, Song & Ermon, 2019)::
 
@@ -20,21 +22,21 @@ batch at once, so the same key gives the same samples under ``jit``, ``vmap`` or
 :func:`annealed_langevin_inpainting` with an all-zero mask reproduces :func:`annealed_langevin_dynamics`
 with the same key. Auxiliary noise (the inpainting reference noise) uses the stream ``fold_in(key, 1)``.
 
-Trajectories. With ``trajectory_every=k`` a sampler returns ``(samples, trajectory)`` where
-``trajectory[j]`` is the iterate after ``(j + 1)·k`` Langevin updates, ``j < n_total // k`` (the initial
+Trajectories. With ``trajectory_every=k`` a sampler's ``trajectory`` is not None: ``trajectory[j]`` is the iterate after ``(j + 1)·k`` Langevin updates, ``j < n_total // k`` (the initial
 state and the ``denoise`` step are not included). It is thinned inside the scan (an outer scan over saved
 frames, an inner scan over ``k`` steps, then a scan over the remaining ``n_total mod k`` steps), so memory
 is ``n_total // k`` frames, never ``n_total``.
 
-Diagnostics. With ``return_level_finite=True`` the annealed samplers also return an ``(L,)`` boolean
-``level_finite``: ``level_finite[i]`` is True iff every iterate produced at level ``i`` (the denoising step
-counts as level ``L − 1``) is finite. :func:`first_nonfinite_level` turns it into the index to report,
+Diagnostics. ``level_finite`` is an ``(L,)`` boolean (``(1,)`` for plain Langevin dynamics):
+``level_finite[i]`` is True iff every iterate produced at level ``i`` (the denoising step counts as level
+``L − 1``) is finite. :func:`first_nonfinite_level` turns it into the index to report,
 e.g. ``f"sampling produced non-finite values at noise level {i} (σ={sigmas[i]:.4g})"``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import chex
 import jax
@@ -47,6 +49,23 @@ NoiseConditionalScoreFn = Callable[[Array, Array], Array]
 
 _LANGEVIN_STREAM = 0  # fold_in index of the per-step Langevin noise
 _REFERENCE_STREAM = 1  # fold_in index of the per-level noise added to inpainting's known pixels
+
+
+class SamplerOutput(NamedTuple):
+    """What every sampler returns.
+
+    Attributes:
+      samples: the final iterates, ``(B, *dims)`` (``(n_rows, n_interpolations, *dims)`` for
+        :func:`interpolate`).
+      trajectory: every ``k``-th iterate stacked on a leading axis when ``trajectory_every=k`` was given,
+        else None (module docstring).
+      level_finite: ``(L,)`` bool, whether every iterate of each noise level was finite (``(1,)`` for
+        :func:`langevin_dynamics`); see :func:`first_nonfinite_level`.
+    """
+
+    samples: Array
+    trajectory: Array | None
+    level_finite: Array
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -104,12 +123,6 @@ def _run_scan(step_fn, state, n_steps: int, trajectory_every: int | None, frame_
     return state, trajectory
 
 
-def _pack(samples, trajectory, level_finite):
-    """``samples``, ``(samples, trajectory)``, ``(samples, level_finite)`` or all three (Nones dropped)."""
-    extras = tuple(item for item in (trajectory, level_finite) if item is not None)
-    return (samples, *extras) if extras else samples
-
-
 def _as_sigmas(sigmas) -> Array:
     sigmas = jnp.asarray(sigmas, jnp.float32)
     chex.assert_rank(sigmas, 1)
@@ -125,7 +138,6 @@ def _annealed_chain(
     step_lr,
     denoise: bool,
     trajectory_every: int | None,
-    return_level_finite: bool,
     noise_fn: Callable[[Array], Array],
     constrain: Callable[[Array, Array], Array] = lambda x, level: x,
     finalize: Callable[[Array], Array] = lambda x: x,
@@ -154,11 +166,10 @@ def _annealed_chain(
         score = score_fn(x, sigma_batch(sigma))
         chex.assert_shape(score, x.shape)
         x = constrain(_langevin_update(x, score, alpha, noise_fn(t)), level)
-        if level_finite is not None:
-            level_finite = level_finite.at[level].set(level_finite[level] & _all_finite(x))
+        level_finite = level_finite.at[level].set(level_finite[level] & _all_finite(x))
         return x, level_finite
 
-    level_finite = jnp.ones((num_levels,), bool) if return_level_finite else None
+    level_finite = jnp.ones((num_levels,), bool)
     (x, level_finite), trajectory = _run_scan(
         step,
         (x_init, level_finite),
@@ -170,9 +181,8 @@ def _annealed_chain(
         score = score_fn(x, sigma_batch(sigma_min))
         chex.assert_shape(score, x.shape)
         x = (x + sigma_min**2 * score).astype(x.dtype)
-        if level_finite is not None:
-            level_finite = level_finite.at[-1].set(level_finite[-1] & _all_finite(x))
-    return finalize(x), trajectory, level_finite
+        level_finite = level_finite.at[-1].set(level_finite[-1] & _all_finite(x))
+    return SamplerOutput(finalize(x), trajectory, level_finite)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -188,7 +198,7 @@ def langevin_dynamics(
     n_steps: int,
     step_size,
     trajectory_every: int | None = None,
-):
+) -> SamplerOutput:
     """Unadjusted Langevin dynamics ``x ← x + (ε/2) s(x) + √ε z``, ``z ~ N(0, I)``, for ``n_steps`` steps.
 
     For a Gaussian target ``N(μ, v I)`` the chain's stationary distribution is ``N(μ, v/(1 − ε/(4v)) I)``
@@ -203,7 +213,8 @@ def langevin_dynamics(
       trajectory_every: if an int ``k``, also return every ``k``-th iterate (see module docstring).
 
     Returns:
-      ``(B, *dims)`` samples, or ``(samples, trajectory)`` with trajectory ``(n_steps // k, B, *dims)``.
+      :class:`SamplerOutput`: ``(B, *dims)`` samples, the ``(n_steps // k, B, *dims)`` trajectory if asked
+      for, and ``level_finite`` of shape ``(1,)``.
     """
     n_steps = _check_positive_int("n_steps", n_steps)
     if trajectory_every is not None:
@@ -211,13 +222,17 @@ def langevin_dynamics(
     chex.assert_rank(x_init, {*range(1, 8)})
     noise_key = jax.random.fold_in(key, _LANGEVIN_STREAM)
 
-    def step(x, t):
+    def step(state, t):
+        x, finite = state
         score = score_fn(x)
         chex.assert_shape(score, x.shape)
-        return _langevin_update(x, score, step_size, _step_noise(noise_key, t, x.shape, x.dtype))
+        x = _langevin_update(x, score, step_size, _step_noise(noise_key, t, x.shape, x.dtype))
+        return x, finite & _all_finite(x)
 
-    x, trajectory = _run_scan(step, x_init, n_steps, trajectory_every, frame_fn=lambda x: x)
-    return _pack(x, trajectory, None)
+    (x, finite), trajectory = _run_scan(
+        step, (x_init, jnp.array(True)), n_steps, trajectory_every, frame_fn=lambda state: state[0]
+    )
+    return SamplerOutput(x, trajectory, finite[None])
 
 
 def annealed_langevin_dynamics(
@@ -230,8 +245,7 @@ def annealed_langevin_dynamics(
     step_lr,
     denoise: bool = False,
     trajectory_every: int | None = None,
-    return_level_finite: bool = False,
-):
+) -> SamplerOutput:
     """Annealed Langevin dynamics, Algorithm 1 of NCSN (Song & Ermon, 2019).
 
     For each level ``σᵢ`` of the descending ``sigmas`` (``i = 1..L``), with ``αᵢ = step_lr·σᵢ²/σ_L²``,
@@ -260,16 +274,15 @@ def annealed_langevin_dynamics(
       denoise: apply the final denoising step.
       trajectory_every: if an int ``k``, also return every ``k``-th iterate (``k = n_steps_each`` gives the
         state at the end of every level).
-      return_level_finite: also return the ``(L,)`` per-level finiteness flags (module docstring).
 
     Returns:
-      ``(B, *dims)`` samples; with ``trajectory_every`` also the ``(L·T // k, B, *dims)`` trajectory; with
-      ``return_level_finite`` also ``level_finite`` — in the order ``(samples, trajectory, level_finite)``.
+      :class:`SamplerOutput`: ``(B, *dims)`` samples; the ``(L·T // k, B, *dims)`` trajectory if
+      ``trajectory_every`` was given, else None; the ``(L,)`` per-level finiteness flags ``level_finite``.
     """
     sigmas = _as_sigmas(sigmas)
     chex.assert_rank(x_init, {*range(1, 8)})
     noise_key = jax.random.fold_in(key, _LANGEVIN_STREAM)
-    samples, trajectory, level_finite = _annealed_chain(
+    return _annealed_chain(
         score_fn,
         x_init,
         sigmas,
@@ -277,10 +290,8 @@ def annealed_langevin_dynamics(
         step_lr=step_lr,
         denoise=denoise,
         trajectory_every=trajectory_every,
-        return_level_finite=return_level_finite,
         noise_fn=lambda t: _step_noise(noise_key, t, x_init.shape, x_init.dtype),
     )
-    return _pack(samples, trajectory, level_finite)
 
 
 def annealed_langevin_inpainting(
@@ -295,8 +306,7 @@ def annealed_langevin_inpainting(
     step_lr,
     denoise: bool = False,
     trajectory_every: int | None = None,
-    return_level_finite: bool = False,
-):
+) -> SamplerOutput:
     """Inpainting with annealed Langevin dynamics (NCSN, Song & Ermon, 2019, §5).
 
     Known entries (``mask == 1``) are clamped to a noisy copy of the reference, unknown ones follow
@@ -322,8 +332,7 @@ def annealed_langevin_inpainting(
       sigmas: ``(L,)`` descending noise levels.
       key: PRNG key; Langevin noise as in :func:`annealed_langevin_dynamics`, level ``i``'s reference
         noise ``zᵢ`` is ``normal(fold_in(fold_in(key, 1), i), x.shape)``.
-      n_steps_each, step_lr, denoise, trajectory_every, return_level_finite: as in
-        :func:`annealed_langevin_dynamics`.
+      n_steps_each, step_lr, denoise, trajectory_every: as in :func:`annealed_langevin_dynamics`.
 
     Returns:
       As :func:`annealed_langevin_dynamics`; known entries of ``samples`` equal ``x_ref``.
@@ -339,7 +348,7 @@ def annealed_langevin_inpainting(
         noisy_reference = x_ref + sigmas[level] * _step_noise(reference_key, level, x.shape, x.dtype)
         return jnp.where(known, noisy_reference.astype(x.dtype), x)
 
-    samples, trajectory, level_finite = _annealed_chain(
+    return _annealed_chain(
         score_fn,
         x_init,
         sigmas,
@@ -347,12 +356,10 @@ def annealed_langevin_inpainting(
         step_lr=step_lr,
         denoise=denoise,
         trajectory_every=trajectory_every,
-        return_level_finite=return_level_finite,
         noise_fn=lambda t: _step_noise(noise_key, t, x_init.shape, x_init.dtype),
         constrain=constrain,
         finalize=lambda x: jnp.where(known, x_ref, x),
     )
-    return _pack(samples, trajectory, level_finite)
 
 
 def interpolation_weights(n_interpolations: int) -> tuple[Array, Array]:
@@ -379,8 +386,7 @@ def interpolate(
     step_lr,
     denoise: bool = False,
     trajectory_every: int | None = None,
-    return_level_finite: bool = False,
-):
+) -> SamplerOutput:
     """NCSNv2's interpolation between two noise seeds (``anneal_Langevin_dynamics_interpolation``).
 
     Each row ``r`` of ``x_init`` starts ``n_interpolations`` chains from the same state ``x_init[r]``. The
@@ -403,12 +409,11 @@ def interpolate(
       sigmas: ``(L,)`` descending noise levels.
       key: PRNG key, split into the two endpoint keys.
       n_interpolations: chains per row, ``≥ 2`` (end points included).
-      n_steps_each, step_lr, denoise, trajectory_every, return_level_finite: as in
-        :func:`annealed_langevin_dynamics`.
+      n_steps_each, step_lr, denoise, trajectory_every: as in :func:`annealed_langevin_dynamics`.
 
     Returns:
-      ``(n_rows, n_interpolations, *dims)`` samples; a trajectory, if asked for, is
-      ``(n_frames, n_rows, n_interpolations, *dims)``; then ``level_finite`` if asked for.
+      :class:`SamplerOutput` with ``(n_rows, n_interpolations, *dims)`` samples; a trajectory, if asked
+      for, is ``(n_frames, n_rows, n_interpolations, *dims)``.
     """
     sigmas = _as_sigmas(sigmas)
     chex.assert_rank(x_init, {*range(1, 8)})
@@ -435,21 +440,19 @@ def interpolate(
         step_lr=step_lr,
         denoise=denoise,
         trajectory_every=trajectory_every,
-        return_level_finite=return_level_finite,
         noise_fn=noise_fn,
     )
     samples = samples.reshape(n_rows, n_interpolations, *dims)
     if trajectory is not None:
         trajectory = trajectory.reshape(trajectory.shape[0], n_rows, n_interpolations, *dims)
-    return _pack(samples, trajectory, level_finite)
+    return SamplerOutput(samples, trajectory, level_finite)
 
 
 def first_nonfinite_level(level_finite) -> int | None:
     """Index of the first noise level whose iterates were not all finite, or None if all were.
 
     Args:
-      level_finite: the ``(L,)`` boolean returned by a sampler called with ``return_level_finite=True``
-        (a concrete array; call outside ``jit``).
+      level_finite: a sampler's ``level_finite`` (a concrete array; call outside ``jit``).
     """
     flags = np.asarray(level_finite, dtype=bool)
     if flags.ndim != 1:
@@ -459,6 +462,7 @@ def first_nonfinite_level(level_finite) -> int | None:
 
 
 __all__ = [
+    "SamplerOutput",
     "langevin_dynamics",
     "annealed_langevin_dynamics",
     "annealed_langevin_inpainting",

@@ -136,8 +136,10 @@ def toy():
 def test_annealed_langevin_recovers_toy_mixture_weights(toy):
     mixture, x_init = toy
     samples = jax.jit(
-        lambda x, key: sampling.annealed_langevin_dynamics(
-            mixture.score, x, TOY_SIGMAS, key, n_steps_each=TOY_STEPS_EACH, step_lr=TOY_STEP_LR
+        lambda x, key: (
+            sampling.annealed_langevin_dynamics(
+                mixture.score, x, TOY_SIGMAS, key, n_steps_each=TOY_STEPS_EACH, step_lr=TOY_STEP_LR
+            ).samples
         )
     )(x_init, jax.random.key(0))
     heavy_fraction = float(jnp.mean(mixture.nearest_component(samples) == 0))
@@ -148,7 +150,9 @@ def test_annealed_langevin_recovers_toy_mixture_weights(toy):
 def test_plain_langevin_misses_toy_mixture_weights(toy):
     mixture, x_init = toy
     samples = jax.jit(
-        lambda x, key: sampling.langevin_dynamics(mixture.score, x, key, n_steps=1000, step_size=TOY_STEP_LR)
+        lambda x, key: (
+            sampling.langevin_dynamics(mixture.score, x, key, n_steps=1000, step_size=TOY_STEP_LR).samples
+        )
     )(x_init, jax.random.key(0))
     heavy_fraction = float(jnp.mean(mixture.nearest_component(samples) == 0))
     initial_fraction = float(jnp.mean(mixture.nearest_component(x_init) == 0))
@@ -170,7 +174,7 @@ def test_langevin_gaussian_stationary_variance_has_discretisation_bias():
         jax.random.key(3),
         n_steps=60,
         step_size=step_size,
-    )
+    ).samples
     stationary_var = variance / (1.0 - step_size / (4.0 * variance))  # fixed point of var ← a² var + ε
     assert_moments(samples, mean, stationary_var)
     assert abs(np.var(np.asarray(samples)) - variance) > 0.1  # the unbiased variance is clearly rejected
@@ -190,7 +194,7 @@ def test_annealed_langevin_gaussian_moments(denoise):
         n_steps_each=n_steps_each,
         step_lr=step_lr,
         denoise=denoise,
-    )
+    ).samples
     chain_mean, chain_var = exact_gaussian_moments(
         0.0, 64.0 / 3.0, mean, variance, sigmas, n_steps_each, step_lr
     )
@@ -216,7 +220,7 @@ def test_denoise_moves_samples_by_sigma_min_squared_times_score(toy):
             n_steps_each=10,
             step_lr=TOY_STEP_LR,
             denoise=denoise,
-        )
+        ).samples
 
     plain, denoised = jax.jit(lambda: (run(False), run(True)))()
     sigma_min = float(TOY_SIGMAS[-1])
@@ -234,7 +238,7 @@ def test_denoise_moves_samples_by_sigma_min_squared_times_score(toy):
 def test_annealed_trajectory_is_every_kth_iterate(toy, every):
     mixture, x_init = toy
     x_init, sigmas, key = x_init[:3], TOY_SIGMAS[::3], jax.random.key(7)  # L = 4, T = 3: 12 steps
-    samples, trajectory = jax.jit(
+    samples, trajectory, _ = jax.jit(
         lambda x: sampling.annealed_langevin_dynamics(
             mixture.score, x, sigmas, key, n_steps_each=3, step_lr=TOY_STEP_LR, trajectory_every=every
         )
@@ -249,7 +253,7 @@ def test_annealed_trajectory_is_every_kth_iterate(toy, every):
 def test_langevin_trajectory_is_every_kth_iterate(toy):
     mixture, x_init = toy
     x_init, key = x_init[:4], jax.random.key(8)
-    samples, trajectory = sampling.langevin_dynamics(
+    samples, trajectory, _ = sampling.langevin_dynamics(
         mixture.score, x_init, key, n_steps=7, step_size=0.1, trajectory_every=2
     )
     x, iterates = x_init, []
@@ -268,7 +272,7 @@ def test_inpainting_matches_python_loop_and_keeps_known_entries(toy):
     mask = jnp.array([1.0, 0.0])  # first coordinate known, broadcast over the batch
     x_init = jax.random.uniform(jax.random.key(10), (3, 2), minval=-8.0, maxval=8.0)
     sigmas = TOY_SIGMAS[::3]
-    samples, trajectory = sampling.annealed_langevin_inpainting(
+    samples, trajectory, _ = sampling.annealed_langevin_inpainting(
         mixture.score,
         x_ref,
         mask,
@@ -306,7 +310,8 @@ def test_inpainting_with_empty_mask_is_annealed_langevin(toy):
             sampling.annealed_langevin_dynamics(mixture.score, x, TOY_SIGMAS, key, **kwargs),
         )
     )(x_init)
-    np.testing.assert_allclose(inpainted, plain, rtol=1e-6, atol=1e-6)
+    # Samples and level_finite alike (no trajectory in either).
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), inpainted, plain)
 
 
 def test_inpainting_fills_gaussian_conditional_mean():
@@ -331,7 +336,7 @@ def test_inpainting_fills_gaussian_conditional_mean():
         jax.random.key(13),
         n_steps_each=100,
         step_lr=0.05,
-    )
+    ).samples
     np.testing.assert_array_equal(samples[:, 0], known_value)
     sigma_min2 = float(sigmas[-1]) ** 2
     expected_mean = rho / (1.0 + sigma_min2) * known_value
@@ -368,9 +373,9 @@ def test_interpolate_endpoints_are_independent_runs_and_middle_is_spherical_mix(
     @jax.jit
     def interpolation_and_endpoint_runs(x):
         return (
-            sampling.interpolate(score_fn, x, sigmas, key, n_interpolations=5, **kwargs),
-            sampling.annealed_langevin_dynamics(score_fn, x, sigmas, key_p, **kwargs),
-            sampling.annealed_langevin_dynamics(score_fn, x, sigmas, key_q, **kwargs),
+            sampling.interpolate(score_fn, x, sigmas, key, n_interpolations=5, **kwargs).samples,
+            sampling.annealed_langevin_dynamics(score_fn, x, sigmas, key_p, **kwargs).samples,
+            sampling.annealed_langevin_dynamics(score_fn, x, sigmas, key_q, **kwargs).samples,
         )
 
     samples, run_p, run_q = interpolation_and_endpoint_runs(x_init)
@@ -403,7 +408,7 @@ def test_interpolate_endpoints_are_independent_runs_and_middle_is_spherical_mix(
 def _short_run(x, key):
     return sampling.annealed_langevin_dynamics(
         mixtures.ncsn_toy_mixture().score, x, TOY_SIGMAS, key, n_steps_each=5, step_lr=TOY_STEP_LR
-    )
+    ).samples
 
 
 _short_run_jit = jax.jit(_short_run)
@@ -438,7 +443,7 @@ SHARDED_SCRIPT = textwrap.dedent(
     sigmas = noise.geometric_sigmas(20.0, 1.0, 10)
     x = jax.random.uniform(jax.random.key(1), (64, 2), minval=-8.0, maxval=8.0)
     run = jax.jit(lambda x, key: sampling.annealed_langevin_dynamics(
-        mixture.score, x, sigmas, key, n_steps_each=10, step_lr=0.1, denoise=True))
+        mixture.score, x, sigmas, key, n_steps_each=10, step_lr=0.1, denoise=True).samples)
     sharding = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), P("data"))
     x_sharded = jax.device_put(x, sharding)
     assert len(x_sharded.sharding.device_set) == 8
@@ -467,15 +472,15 @@ def test_level_finite_flags_first_nonfinite_level():
         return jnp.where(sigma[:, None] < 3.0, jnp.nan, -x)
 
     x_init = jnp.ones((4, 3))
-    samples, level_finite = sampling.annealed_langevin_dynamics(
+    samples, trajectory, level_finite = sampling.annealed_langevin_dynamics(
         breaks_below_three,
         x_init,
         sigmas,
         jax.random.key(19),
         n_steps_each=2,
         step_lr=0.01,
-        return_level_finite=True,
     )
+    assert trajectory is None
     np.testing.assert_array_equal(level_finite, [True, True, False, False])
     assert sampling.first_nonfinite_level(level_finite) == 2
     assert not np.isfinite(np.asarray(samples)).any()
@@ -488,7 +493,6 @@ def test_level_finite_flags_first_nonfinite_level():
         n_steps_each=2,
         step_lr=0.01,
         trajectory_every=2,
-        return_level_finite=True,
     )
     assert trajectory.shape == (4, 4, 3)
     assert sampling.first_nonfinite_level(level_finite) is None
