@@ -4,15 +4,18 @@
     python main.py --config=configs/toy.py --workdir=runs/toy --mode=sample
 
 Any config field can be overridden, e.g. ``--config.training.batch_size=8``. Errors in what was asked
-(an unknown config field, a missing dataset or checkpoint, …) print one message and exit with status 2;
-``--debug`` shows the Python traceback instead.
+(an unknown config field, a missing dataset or checkpoint, a workdir of another config, …) print one
+``error:`` message and exit with status 2, before anything is written; ``--debug`` shows the Python
+traceback instead. Ctrl-C during training says at which step it stopped (exit status 130); the same
+command resumes.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from ncsn_jax import cli_errors
@@ -57,26 +60,17 @@ def _initialize_distributed() -> None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    from ncsn_jax import logging_utils  # pylint: disable=g-import-not-at-top
+
+    logging_utils.quiet_library_logs()  # before JAX probes its backends
     _initialize_distributed()
-    import jax  # pylint: disable=g-import-not-at-top
+    from ncsn_jax import generate, train  # pylint: disable=g-import-not-at-top
 
-    from ncsn_jax import generate, logging_utils, train  # pylint: disable=g-import-not-at-top
-
-    logging_utils.quiet_library_logs()
-
-    logging.info(
-        "JAX %s, backend %s: %d device(s) in all, %d local; process %d of %d.",
-        jax.__version__,
-        jax.default_backend(),
-        jax.device_count(),
-        jax.local_device_count(),
-        jax.process_index(),
-        jax.process_count(),
-    )
     config = _CONFIG.value
     with cli_errors.user_errors(debug=FLAGS.debug):
         if FLAGS.mode == "train":
             train.train(config, FLAGS.workdir)
+            print(f"Trained. Draw samples with:\n  {cli_errors.sample_command(sys.argv, FLAGS.workdir)}")
         else:
             out_dir = generate.sample(config, FLAGS.workdir)
             print(f"Samples written to {out_dir}")

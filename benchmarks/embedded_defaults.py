@@ -71,7 +71,9 @@ def main(argv):
         train_s = _run(config, workdir, "train")
         sample_s = _run(config, workdir, "sample")
         step = max(os.listdir(os.path.join(workdir, "samples")), key=int)
-        samples = np.load(os.path.join(workdir, "samples", step, "samples.npz"))["samples"]
+        samples = np.load(os.path.join(workdir, "samples", step, "annealed_langevin-seed0", "samples.npz"))[
+            "samples"
+        ]
         print(f"| {config} | {train_s:.0f} | {sample_s:.0f} | {_quality(config, samples)} |", flush=True)
 
 

@@ -83,6 +83,9 @@ def get_config() -> ml_collections.ConfigDict:
     # step_lr is in OUR convention x <- x + (a/2) s + sqrt(a) z: twice the reference code's value.
     config.sampling = sampling = ml_collections.ConfigDict()
     sampling.method = "annealed_langevin"  # annealed_langevin | inpainting | interpolation
+    # --mode=sample draws the same samples for the same seed (bit for bit); another seed, new ones. Output:
+    # workdir/samples/<step>/<method>-seed<seed>/.
+    sampling.seed = 0
     sampling.batch_size = 100
     sampling.n_steps_each = 5
     sampling.step_lr = number_or_auto(1.24e-5)

@@ -6,9 +6,10 @@ Layout under a workdir::
     checkpoints-preemption/<step>/{state,meta}   every preemption_freq steps, only the newest kept
     checkpoints-unreadable/                      corrupted checkpoints a training run moved aside
 
-``state`` is the whole :class:`ncsn_jax.train.TrainState` (params, EMA, optimizer state, step, key);
-``meta`` is JSON: the step, the values of ``"auto"`` config fields, the noise levels and the config fields
-that fix parameter shapes.
+``state`` is the whole :class:`ncsn_jax.train_state.TrainState` (params, EMA, optimizer state, step, key);
+``meta`` is JSON: the step, the values of ``"auto"`` config fields, the noise levels, the example shape and the
+config fields that fix parameter shapes. Sampling restores only the weights it uses (:meth:`CheckpointStore.
+restore` with a partial template), not the optimizer state.
 
 Crash safety:
 
@@ -18,13 +19,8 @@ Crash safety:
 * A restart resumes from the newest *readable* checkpoint of either kind. One that cannot be read (truncated
   or missing files) is skipped with a warning in favour of the next older one; a training run then moves it
   to ``checkpoints-unreadable/`` (nothing is deleted) so that the step is written anew when training gets
-  there again. ``--mode=sample`` only reads. Reading a corrupted checkpoint makes tensorstore print one
-  "Event loop is closed" traceback per pending array after orbax has raised; those (only those) are dropped.
-
-Test hook: with the environment variable ``NCSN_TEST_PAUSE_IN_SAVE=<step>``, the save of the checkpoint of
-that step stops after all its files are written into the temporary directory and before orbax renames it,
-printing :data:`PAUSE_MARKER` to stderr and sleeping; ``tests/test_preemption.py`` kills the process there.
-Unset (always, outside those tests), nothing changes.
+  there again. ``--mode=sample`` only reads. Reading a corrupted checkpoint makes orbax report its other
+  pending reads late; :mod:`ncsn_jax.orbax_read_errors` drops those reports (only those).
 """
 
 from __future__ import annotations
@@ -33,8 +29,6 @@ import logging as python_logging
 import os
 import shutil
 import socket
-import sys
-import time
 from typing import Any
 
 import jax
@@ -42,23 +36,15 @@ import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
 
-from ncsn_jax import parallel
+from ncsn_jax import errors, orbax_read_errors, parallel
+from ncsn_jax.errors import CheckpointMismatchError, CheckpointNotFoundError
 
 PERIODIC_DIR = "checkpoints"
 PREEMPTION_DIR = "checkpoints-preemption"
 UNREADABLE_DIR = "checkpoints-unreadable"
 KIND_DIRS = {"periodic": PERIODIC_DIR, "preemption": PREEMPTION_DIR}
 MIN_FREE_BYTES = 256 * 2**20
-PAUSE_IN_SAVE_ENV = "NCSN_TEST_PAUSE_IN_SAVE"
-PAUSE_MARKER = "NCSN_TEST_PAUSE_IN_SAVE: paused before finalising"
-
-
-class CheckpointNotFoundError(FileNotFoundError):
-    """No readable checkpoint in the workdir."""
-
-
-class CheckpointMismatchError(ValueError):
-    """The checkpoint was written for a different model config (parameter shapes differ)."""
+WEIGHTS = ("params", "ema_params")  # the fields of the train state sampling may restore on their own
 
 
 def ensure_writable(workdir: str, min_free_bytes: int = MIN_FREE_BYTES) -> None:
@@ -71,37 +57,15 @@ def ensure_writable(workdir: str, min_free_bytes: int = MIN_FREE_BYTES) -> None:
             f.write("ok")
         os.remove(probe)
     except OSError as e:
-        raise PermissionError(
+        raise errors.UserError(
             f"--workdir={workdir} is not writable ({e.strerror}); choose a directory you can write to."
         ) from None
     free = shutil.disk_usage(workdir).free
     if free < min_free_bytes:
-        raise OSError(
+        raise errors.UserError(
             f"--workdir={workdir} has only {free / 2**20:.0f} MiB free; checkpoints need at least "
             f"{min_free_bytes / 2**20:.0f} MiB. Free some space or choose another workdir."
         )
-
-
-class _PauseInSave:
-    """The test hook of the module docstring, wrapped around one state handler's ``finalize``.
-
-    orbax's composite handler calls ``finalize`` of each item after all files are in the temporary
-    directory and before the renames that make the checkpoint final. (A subclass of the handler would not
-    do: orbax matches save arguments to handlers by exact class.)
-    """
-
-    def __init__(self, handler: ocp.StandardCheckpointHandler, pause_step: int):
-        self.pause_step = pause_step
-        self.saving_step: int | None = None
-        self._finalize = handler.finalize
-        handler.finalize = self._finalize_or_pause
-
-    def _finalize_or_pause(self, directory) -> None:
-        if self.saving_step == self.pause_step:
-            print(f"{PAUSE_MARKER} step {self.saving_step} in {directory}", file=sys.stderr, flush=True)
-            while True:
-                time.sleep(60)
-        self._finalize(directory)
 
 
 class _DropReadOnlyNotice(python_logging.Filter):
@@ -114,9 +78,12 @@ class _DropReadOnlyNotice(python_logging.Filter):
 _READ_ONLY_NOTICE_FILTER = _DropReadOnlyNotice()
 
 
-def _manager(
-    directory: str, keep: int | None, state_handler: ocp.StandardCheckpointHandler, *, read_only: bool
-) -> ocp.CheckpointManager:
+def _manager(directory: str, keep: int | None, *, read_only: bool) -> ocp.CheckpointManager:
+    """A manager of ``state`` (the train state) and ``meta`` (JSON) items.
+
+    Writable managers save ``state`` with orbax's standard handler; read-only ones read it with the PyTree
+    handler underneath it (the same files), which can also restore a subtree (only the weights).
+    """
     if read_only:  # the values orbax would otherwise force, with a warning each
         python_logging.getLogger("absl").addFilter(_READ_ONLY_NOTICE_FILTER)  # idempotent
         options = ocp.CheckpointManagerOptions(
@@ -133,60 +100,12 @@ def _manager(
             enable_async_checkpointing=False,
             cleanup_tmp_directories=True,  # leftovers of an interrupted save
         )
+    state_handler = ocp.PyTreeCheckpointHandler() if read_only else ocp.StandardCheckpointHandler()
     return ocp.CheckpointManager(
         directory,
         options=options,
         item_handlers={"state": state_handler, "meta": ocp.JsonCheckpointHandler()},
     )
-
-
-def _frames(tb: Any) -> list[str]:
-    files = []
-    while tb is not None:
-        files.append(tb.tb_frame.f_code.co_filename)
-        tb = tb.tb_next
-    return files
-
-
-def _is_late_read_error(exc: BaseException | None, tb: Any) -> bool:
-    """Late, already-handled errors of a failed checkpoint read (harmless): tensorstore's callbacks into
-    orbax's finished event loop, and the read errors of orbax's other pending array reads, which Python
-    reports as "Exception ignored in <coroutine>" or asyncio as "Task exception was never retrieved" after
-    orbax has raised the first one to its caller."""
-    frames = _frames(tb)
-    if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
-        return bool(frames) and f"asyncio{os.sep}base_events.py" in frames[-1]
-    orbax_reader = f"orbax{os.sep}checkpoint{os.sep}_src{os.sep}serialization"
-    return any(orbax_reader in f for f in frames)
-
-
-class _DropLateReadErrors(python_logging.Filter):
-    """asyncio logs a read error of an abandoned orbax task ("Task exception was never retrieved")."""
-
-    def filter(self, record: python_logging.LogRecord) -> bool:
-        if not record.exc_info:
-            return True
-        _, exc, tb = record.exc_info
-        return not _is_late_read_error(exc, tb)
-
-
-_LATE_READ_ERROR_FILTER = _DropLateReadErrors()
-
-
-def _silence_late_read_errors() -> None:
-    """Drop the tracebacks (one per pending array) that reading a corrupted checkpoint makes tensorstore
-    and asyncio print after orbax has already raised; other unraisable errors and asyncio errors still show."""
-    python_logging.getLogger("asyncio").addFilter(_LATE_READ_ERROR_FILTER)  # idempotent
-    previous = sys.unraisablehook
-    if getattr(previous, "_ncsn_filter", False):
-        return
-
-    def hook(unraisable: Any) -> None:
-        if not _is_late_read_error(unraisable.exc_value, unraisable.exc_traceback):
-            previous(unraisable)
-
-    hook._ncsn_filter = True  # type: ignore[attr-defined]
-    sys.unraisablehook = hook
 
 
 def _short(error: BaseException) -> str:
@@ -215,21 +134,14 @@ class CheckpointStore:
         self.workdir = os.path.abspath(workdir)
         self._read_only = read_only
         self._managers: dict[str, ocp.CheckpointManager] = {}
-        self._pause_hooks: dict[str, _PauseInSave] = {}
         self._unreadable: dict[tuple[int, str], str] = {}  # (step, kind) -> why, warned about once
         self.restored_from: str | None = None  # path of the checkpoint restore() returned
-        _silence_late_read_errors()
+        orbax_read_errors.install()
         for kind, subdir in KIND_DIRS.items():
             path = os.path.join(self.workdir, subdir)
             if read_only and not os.path.isdir(path):
                 continue
-            state_handler = ocp.StandardCheckpointHandler()
-            pause_step = os.environ.get(PAUSE_IN_SAVE_ENV)
-            if pause_step and not read_only:
-                self._pause_hooks[kind] = _PauseInSave(state_handler, int(pause_step))
-            self._managers[kind] = _manager(
-                path, keep if kind == "periodic" else 1, state_handler, read_only=read_only
-            )
+            self._managers[kind] = _manager(path, keep if kind == "periodic" else 1, read_only=read_only)
 
     def path(self, step: int, kind: str) -> str:
         return os.path.join(self.workdir, KIND_DIRS[kind], str(step))
@@ -254,10 +166,10 @@ class CheckpointStore:
         restored = self._managers[kind].restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         return dict(restored.meta)
 
-    def _readable(self) -> list[tuple[int, str, dict[str, Any]]]:
+    def _readable(self, only_step: int | None = None) -> list[tuple[int, str, dict[str, Any]]]:
         readable = []
         for step, kind in self._candidates():
-            if (step, kind) in self._unreadable:
+            if (step, kind) in self._unreadable or only_step not in (None, step):
                 continue
             try:
                 readable.append((step, kind, self._read_meta(step, kind)))
@@ -265,14 +177,15 @@ class CheckpointStore:
                 self._mark_unreadable(step, kind, e)
         return readable
 
-    def latest_meta(self) -> dict[str, Any] | None:
-        """Metadata of the newest readable checkpoint, or ``None`` when the workdir has no checkpoint.
+    def latest_meta(self, step: int | None = None) -> dict[str, Any] | None:
+        """Metadata of the newest readable checkpoint (of ``step``, if given), or ``None`` when the workdir has
+        no such checkpoint.
 
         Raises:
             CheckpointNotFoundError: there are checkpoints but none can be read (training must not silently
                 start over next to them).
         """
-        readable = self._readable()
+        readable = self._readable(step)
         if readable:
             return readable[0][2]
         if self._unreadable:
@@ -303,8 +216,6 @@ class CheckpointStore:
         manager = self._managers[kind]
         if step in manager.all_steps():
             return
-        if kind in self._pause_hooks:
-            self._pause_hooks[kind].saving_step = step
         manager.save(
             step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         )
@@ -314,18 +225,21 @@ class CheckpointStore:
             manager.wait_until_finished()
 
     def restore(
-        self, template: Any, config: ml_collections.ConfigDict | None = None
+        self, template: Any, config: ml_collections.ConfigDict | None = None, *, step: int | None = None
     ) -> tuple[Any, dict[str, Any]]:
         """Restore the newest readable checkpoint into the structure of ``template``.
 
-        Checkpoints that cannot be read are skipped with a warning; a writable store (training) moves those
-        it found to ``checkpoints-unreadable/``, so that their steps are saved anew.
+        ``template`` (arrays or ``jax.ShapeDtypeStruct``) is the whole train state, or, in a read-only store,
+        a dict of some of its fields, e.g. ``{"ema_params": ...}``: only those are read (sampling needs no
+        optimizer state). Checkpoints that cannot be read are skipped with a warning; a writable store
+        (training) moves those it found to ``checkpoints-unreadable/``, so that their steps are saved anew.
+        With ``step``, only checkpoints of that step are considered.
 
         Raises:
             CheckpointNotFoundError: no readable checkpoint.
             CheckpointMismatchError: the checkpoint's parameter shapes differ from ``template``'s.
         """
-        readable = self._readable()
+        readable = self._readable(step)
         if not readable and not self._unreadable:
             raise CheckpointNotFoundError(
                 f"No checkpoint in {self.workdir}. Train first (--mode=train with this --workdir) or convert "
@@ -337,15 +251,23 @@ class CheckpointStore:
         abstract = jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), template
         )
+        partial = isinstance(template, dict)
+        if partial and not self._read_only:
+            raise ValueError("A partial restore needs a read-only CheckpointStore.")
+        if self._read_only:
+            state_args = ocp.args.PyTreeRestore(
+                abstract,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+                partial_restore=partial,
+            )
+        else:
+            state_args = ocp.args.StandardRestore(abstract)
         for step, kind, meta in readable:
             manager = self._managers[kind]
             self._check_shapes(manager, step, template, meta, config)
             try:
                 restored = manager.restore(
-                    step,
-                    args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
-                    ),
+                    step, args=ocp.args.Composite(state=state_args, meta=ocp.args.JsonRestore())
                 )
             except Exception as e:  # pylint: disable=broad-except
                 self._mark_unreadable(step, kind, e)
@@ -404,7 +326,9 @@ class CheckpointStore:
             stored = manager.item_metadata(step)["state"].tree
         except Exception:  # pylint: disable=broad-except  (unreadable metadata: let restore report it)
             return
-        want, have = _shapes(template.params), _shapes(stored["params"])
+        weights = template if isinstance(template, dict) else {"params": template.params}
+        name = next(k for k in WEIGHTS if k in weights)  # params and EMA params have the same shapes
+        want, have = _shapes(weights[name]), _shapes(stored[name])
         if want == have:
             return
         differing = [k for k in sorted(set(want) | set(have)) if want.get(k) != have.get(k)]

@@ -1,5 +1,11 @@
 """Config checks and derived quantities: validation, ``"auto"`` fields, the noise schedule, saved copies.
 
+* :func:`validate` — every setting checked up front, as :class:`~ncsn_jax.errors.UserError`.
+* :func:`sigmas` — THE noise table of a config, σᵢ = σ₁ (σ_L/σ₁)^((i−1)/(L−1)); training, sampling, the
+  index-conditioned NCSN and checkpoint conversion all take it from here.
+* :func:`save` / :func:`check_workdir` — ``workdir/config.json``, and the check that a workdir holds a run
+  of the same model, dataset and example shape before anything is read or written there.
+
 ``"auto"`` fields are NCSNv2's techniques computed from the training data (Song & Ermon 2020, §3):
 
 * ``model.sigma_max``  — technique 1: σ₁ ≈ the maximum pairwise Euclidean distance between training points.
@@ -20,9 +26,12 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from ncsn_jax import losses, noise
+from ncsn_jax import errors, losses, noise
 
 AUTO = "auto"
+CONFIG_FILE = "config.json"
+SAMPLING_METHODS = ("annealed_langevin", "inpainting", "interpolation")
+SAMPLING_INITS = ("uniform", "gaussian")
 
 
 def is_auto(value: Any) -> bool:
@@ -34,45 +43,89 @@ def _check_number_or_auto(name: str, value: Any) -> None:
     if is_auto(value):
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"config.{name}={value!r} must be a number or 'auto'.")
+        raise errors.UserError(f"config.{name}={value!r} must be a number or 'auto'.")
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise errors.UserError(message)
+
+
+def _check_choice(name: str, value: Any, valid: tuple[str, ...]) -> None:
+    _require(value in valid, f"config.{name}={value!r} is not valid; valid: {', '.join(valid)}.")
+
+
+def _check_model_fields(model: ml_collections.ConfigDict) -> None:
+    """The names the networks look up only when they are first called."""
+    from ncsn_jax.models import layers, mlp, normalization, registry  # pylint: disable=g-import-not-at-top
+
+    _check_choice("model.nonlinearity", str(model.nonlinearity).lower(), tuple(layers.ACTIVATIONS))
+    _check_choice("model.dtype", model.dtype, tuple(registry.DTYPES))
+    _check_choice(
+        "model.normalization",
+        str(model.normalization).removeprefix("Conditional"),
+        normalization.normalization_names(),
+    )
+    _check_choice("model.sigma_conditioning", model.sigma_conditioning, mlp.SIGMA_CONDITIONINGS)
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-    """Raise ``ValueError`` with an actionable message for inconsistent or unknown settings."""
+    """Raise :class:`~ncsn_jax.errors.UserError` with an actionable message for inconsistent or unknown
+    settings (before anything is built, read or written)."""
     from ncsn_jax import datasets, models  # pylint: disable=g-import-not-at-top
 
     if config.training.loss not in losses.LOSSES:
-        raise ValueError(
+        raise errors.UserError(
             f"config.training.loss={config.training.loss!r} is not a known objective; "
             f"valid: {', '.join(losses.LOSSES)}."
         )
     if config.model.name not in models.MODEL_NAMES:
-        raise ValueError(
+        raise errors.UserError(
             f"config.model.name={config.model.name!r} is not a known model; "
             f"valid: {', '.join(models.MODEL_NAMES)}."
         )
     if config.data.dataset not in datasets.DATASET_NAMES:
-        raise ValueError(
+        raise errors.UserError(
             f"config.data.dataset={config.data.dataset!r} is not a known dataset; "
             f"valid: {', '.join(datasets.DATASET_NAMES)}."
         )
+    _check_model_fields(config.model)
     _check_number_or_auto("model.sigma_max", config.model.sigma_max)
     _check_number_or_auto("model.num_scales", config.model.num_scales)
     _check_number_or_auto("sampling.step_lr", config.sampling.step_lr)
     if not is_auto(config.model.sigma_max) and not config.model.sigma_max > config.model.sigma_min > 0:
-        raise ValueError(
+        raise errors.UserError(
             f"Need config.model.sigma_max > config.model.sigma_min > 0, got "
             f"{config.model.sigma_max} and {config.model.sigma_min}."
         )
     if not is_auto(config.model.num_scales) and (
         int(config.model.num_scales) != config.model.num_scales or config.model.num_scales < 1
     ):
-        raise ValueError(f"config.model.num_scales={config.model.num_scales!r} must be a positive integer.")
-    for name in ("n_iters", "batch_size", "log_freq", "snapshot_freq", "preemption_freq"):
-        if config.training[name] < 1:
-            raise ValueError(f"config.training.{name}={config.training[name]} must be >= 1.")
-    if not 0.0 <= config.model.ema_rate < 1.0:
-        raise ValueError(f"config.model.ema_rate={config.model.ema_rate} must lie in [0, 1).")
+        raise errors.UserError(
+            f"config.model.num_scales={config.model.num_scales!r} must be a positive integer."
+        )
+    for name in ("n_iters", "batch_size", "log_freq", "snapshot_freq", "preemption_freq", "n_projections"):
+        _require(config.training[name] >= 1, f"config.training.{name}={config.training[name]} must be >= 1.")
+    _require(
+        0.0 <= config.model.ema_rate < 1.0,
+        f"config.model.ema_rate={config.model.ema_rate} must lie in [0, 1).",
+    )
+    _check_choice("training.projection", config.training.projection, losses.PROJECTIONS)
+    _check_choice("optim.optimizer", config.optim.optimizer.lower(), ("adam",))
+    _check_choice("sampling.method", config.sampling.method, SAMPLING_METHODS)
+    _check_choice("sampling.init", config.sampling.init, SAMPLING_INITS)
+    for name in ("batch_size", "n_steps_each"):
+        _require(config.sampling[name] >= 1, f"config.sampling.{name}={config.sampling[name]} must be >= 1.")
+    _require(
+        config.sampling.n_interpolations >= 2,
+        f"config.sampling.n_interpolations={config.sampling.n_interpolations} must be >= 2.",
+    )
+    for name in ("trajectory_every", "snapshot_batch_size", "seed"):
+        _require(config.sampling[name] >= 0, f"config.sampling.{name}={config.sampling[name]} must be >= 0.")
+    _require(
+        not isinstance(config.seed, bool) and int(config.seed) == config.seed and config.seed >= 0,
+        f"config.seed={config.seed!r} must be a non-negative integer.",
+    )
 
 
 def loss_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -84,10 +137,17 @@ def loss_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def sigmas(config: ml_collections.ConfigDict) -> np.ndarray:
-    """The descending geometric noise levels σ₁ > … > σ_L of a config whose ``"auto"`` fields are resolved."""
+    """The descending geometric noise levels σ₁ > … > σ_L (float32) of ``config.model.{sigma_max, sigma_min,
+    num_scales}``, whose ``"auto"`` fields must be resolved: σᵢ = σ₁ (σ_L/σ₁)^((i−1)/(L−1)).
+
+    The one table of a config: the train step, the samplers, NCSN's level lookup and the check of a
+    converted checkpoint's ``sigmas`` buffer all use it.
+    """
     for name in ("sigma_max", "num_scales"):
         if is_auto(config.model[name]):
-            raise ValueError(f"config.model.{name} is 'auto': resolve it first (resolve_auto_fields).")
+            raise ValueError(
+                f"config.model.{name} is 'auto': resolve 'auto' fields first (config_lib.resolve_auto_fields)."
+            )
     return np.asarray(
         noise.geometric_sigmas(
             float(config.model.sigma_max), float(config.model.sigma_min), int(config.model.num_scales)
@@ -169,7 +229,79 @@ def model_signature(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return json.loads(json.dumps(signature, default=list))
 
 
-def save(config: ml_collections.ConfigDict, resolved: dict[str, Any], workdir: str) -> None:
-    """Write the effective config (``"auto"`` resolved) to ``workdir/config.json`` for the record."""
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        json.dump({"config": json.loads(config.to_json_best_effort()), "resolved": resolved}, f, indent=2)
+def run_identity(config: ml_collections.ConfigDict, example_shape: tuple[int, ...]) -> dict[str, Any]:
+    """What a workdir must keep across runs: the model, the dataset and the shape of one example."""
+    return {
+        "model": str(config.model.name),
+        "dataset": str(config.data.dataset),
+        "example_shape": [int(d) for d in example_shape],
+    }
+
+
+def save(
+    config: ml_collections.ConfigDict, resolved: dict[str, Any], workdir: str, example_shape: tuple[int, ...]
+) -> None:
+    """Write the effective config (``"auto"`` resolved) to ``workdir/config.json``, with the run's identity
+    (:func:`run_identity`) that :func:`check_workdir` compares later runs with."""
+    record = {
+        "config": json.loads(config.to_json_best_effort()),
+        "resolved": resolved,
+        "example_shape": [int(d) for d in example_shape],
+    }
+    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+        json.dump(record, f, indent=2)
+
+
+def _describe(identity: dict[str, Any]) -> str:
+    shape = tuple(identity["example_shape"])
+    return f"model {identity['model']!r} on {identity['dataset']!r} data (examples of shape {shape})"
+
+
+def check_workdir(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    example_shape: tuple[int, ...],
+    stored: dict[str, Any] | None = None,
+) -> None:
+    """Raise :class:`~ncsn_jax.errors.WorkdirMismatchError` if ``workdir`` holds a run of another model,
+    dataset or example shape than ``config`` asks for; reads only (``workdir/config.json``).
+
+    Args:
+        config: the config of this run.
+        workdir: the run's workdir (need not exist).
+        example_shape: the shape of one example of this run's data.
+        stored: the identity to compare with instead of the one in ``config.json`` (a checkpoint's metadata:
+            ``{"model": {"name", "dataset"}, "example_shape"}``), where the workdir has no ``config.json``.
+    """
+    path = os.path.join(workdir, CONFIG_FILE)
+    if stored is None and os.path.isfile(path):
+        try:
+            with open(path) as f:
+                record = json.load(f)
+            fields = record["config"]
+            theirs = {
+                "model": fields["model"]["name"],
+                "dataset": fields["data"]["dataset"],
+                "example_shape": list(record.get("example_shape") or ()),
+            }
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise errors.WorkdirMismatchError(
+                f"--workdir={workdir} has an unreadable {CONFIG_FILE} ({type(e).__name__}: {e}); choose "
+                "another --workdir or move the file away."
+            ) from None
+    elif stored is not None and "model" in stored:
+        theirs = {
+            "model": stored["model"].get("name"),
+            "dataset": stored["model"].get("dataset"),
+            "example_shape": list(stored.get("example_shape") or ()),
+        }
+    else:
+        return
+    ours = run_identity(config, example_shape)
+    if not theirs["example_shape"]:  # written before config.json recorded it: compare what there is
+        theirs["example_shape"] = ours["example_shape"]
+    if theirs != ours:
+        raise errors.WorkdirMismatchError(
+            f"--workdir={workdir} holds a run of {_describe(theirs)}, but --config asks for {_describe(ours)}; "
+            "use the config that run was trained with, or another --workdir."
+        )

@@ -1,20 +1,28 @@
 """Sampling mode: draw samples from a trained (or converted) model and write them with pictures.
 
-``--mode=sample`` restores the newest checkpoint of ``--workdir``, takes the EMA weights (unless
-``config.sampling.use_ema=False``), runs the sampler chosen by ``config.sampling.method`` with the batch split
-over all devices, and writes ``workdir/samples/<step>/``:
+``--mode=sample`` restores the newest checkpoint of ``--workdir`` (only the weights it uses: the EMA weights
+unless ``config.sampling.use_ema=False``), runs the sampler chosen by ``config.sampling.method`` with the
+batch split over all devices, and writes ``workdir/samples/<step>/<method>-seed<k>/`` (``k`` =
+``config.sampling.seed``), so that methods and seeds never overwrite each other:
 
 * ``samples.npz`` — key ``samples``, data space (images NHWC in [0, 1]; vectors as they are);
-    ``trajectory`` too when ``config.sampling.trajectory_every > 0``;
-* ``samples.png`` — an image grid, or for 2-D data a scatter plot over the learned score field;
+    ``trajectory`` when ``config.sampling.trajectory_every > 0``; for inpainting also ``reference`` (the
+    test images) and ``mask`` (1 where pixels were given);
+* ``samples.png`` — an image grid (inpainting: original | masked input | completion; interpolation: one
+    row per pair of noise seeds), or for 2-D data a scatter plot over the learned score field;
 * ``trajectory.png`` — a strip of every k-th iterate, when a trajectory was kept.
+
+The same config draws the same samples, bit for bit; ``--config.sampling.seed=1`` (2, …) draws new ones.
+
+The pieces, for a notebook or another mode: :func:`restore_for_sampling` gives the weights, the noise levels
+and the checkpoint's metadata; :func:`draw_samples` runs any method of :data:`METHODS` on them.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -23,13 +31,48 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from ncsn_jax import checkpointing, config_lib, mixtures, models, parallel, plotting, sampling
+from ncsn_jax import (
+    checkpointing,
+    config_lib,
+    datasets,
+    errors,
+    logging_utils,
+    mixtures,
+    models,
+    parallel,
+    plotting,
+    rng,
+    sampling,
+    train_state,
+)
 
-METHODS = ("annealed_langevin", "inpainting", "interpolation")
+METHODS = config_lib.SAMPLING_METHODS
 
 
-class NonFiniteSamplesError(FloatingPointError):
-    """Sampling produced NaN or inf."""
+class Restored(NamedTuple):
+    """What :func:`restore_for_sampling` returns.
+
+    Attributes:
+        config: the config with its ``"auto"`` fields set to the values the checkpoint was trained with.
+        model: the score network of ``config``.
+        params: the weights sampling uses (EMA unless ``config.sampling.use_ema`` is False).
+        sigmas: the noise levels, :func:`ncsn_jax.config_lib.sigmas` of ``config``.
+        meta: the checkpoint's metadata (``step``, ``example_shape``, ``resolved``, …).
+    """
+
+    config: ml_collections.ConfigDict
+    model: nn.Module
+    params: Any
+    sigmas: np.ndarray
+    meta: dict[str, Any]
+
+    @property
+    def example_shape(self) -> tuple[int, ...]:
+        return tuple(self.meta["example_shape"])
+
+    @property
+    def step(self) -> int:
+        return int(self.meta["step"])
 
 
 def initial_samples(
@@ -42,73 +85,149 @@ def initial_samples(
         return jax.random.uniform(key, shape, jnp.float32, low, high)
     if config.sampling.init == "gaussian":
         return sigma_max * jax.random.normal(key, shape, jnp.float32)
-    raise ValueError(f"config.sampling.init={config.sampling.init!r}; valid: 'uniform', 'gaussian'.")
-
-
-def _sampler_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    return dict(
-        n_steps_each=config.sampling.n_steps_each,
-        step_lr=float(config.sampling.step_lr),
-        denoise=config.sampling.denoise,
-    )
+    raise errors.UserError(f"config.sampling.init={config.sampling.init!r}; valid: 'uniform', 'gaussian'.")
 
 
 def _check_finite(samples: np.ndarray, sigmas: np.ndarray, level_finite: np.ndarray) -> None:
-    """Raise :class:`NonFiniteSamplesError` naming the first non-finite noise level, if any sample is."""
+    """Raise :class:`~ncsn_jax.errors.NonFiniteSamplesError` naming the first non-finite noise level."""
     if np.all(np.isfinite(samples)):
         return
     level = sampling.first_nonfinite_level(level_finite)
     where = "" if level is None else f" first at noise level {level} (sigma={sigmas[level]:.4g})"
-    raise NonFiniteSamplesError(
+    raise errors.NonFiniteSamplesError(
         f"Sampling produced non-finite values{where}. The step size config.sampling.step_lr may be too large "
         "for this model, or the model itself diverged (check the training loss)."
     )
 
 
+def inpainting_mask(example_shape: tuple[int, ...]) -> np.ndarray:
+    """NCSN's inpainting mask: 1 on the left half of each image (given), 0 on the right half (sampled)."""
+    if len(example_shape) != 3:
+        raise errors.UserError("config.sampling.method='inpainting' needs image data.")
+    mask = np.zeros(example_shape, np.float32)
+    mask[:, : example_shape[1] // 2, :] = 1.0
+    return mask
+
+
+def inpainting_references(config: ml_collections.ConfigDict, n: int) -> np.ndarray:
+    """``n`` test images of ``config``'s dataset, chosen by ``config.sampling.seed``."""
+    reference = datasets.create_dataset(config, "test", data_dir=config.data.data_dir or None)
+    x_ref = reference.sample_examples(n, seed=config.sampling.seed)[:n]
+    if x_ref.shape[0] < n:
+        raise errors.UserError(
+            f"The test split has only {x_ref.shape[0]} examples; lower config.sampling.batch_size."
+        )
+    return x_ref
+
+
+def _batch_size(config: ml_collections.ConfigDict, method: str, n: int) -> int:
+    """Chains run in parallel: ``n`` (a multiple of the device count), or for interpolation the rows of
+    ``n_interpolations`` chains that fit in ``n``."""
+    if method != "interpolation":
+        parallel.check_batch_size(n, "config.sampling.batch_size")
+        return n
+    n_rows = max(1, n // config.sampling.n_interpolations)
+    if n_rows % jax.device_count():
+        raise errors.UserError(
+            f"Interpolation runs config.sampling.batch_size // config.sampling.n_interpolations = {n_rows} "
+            f"row(s) of chains, which do not split over {jax.device_count()} devices; choose a batch size of "
+            f"{jax.device_count() * config.sampling.n_interpolations} (or a multiple)."
+        )
+    return n_rows
+
+
 def draw_samples(
     config: ml_collections.ConfigDict,
-    params: Any,
     model: nn.Module,
+    params: Any,
     sigmas: np.ndarray,
     key: jax.Array,
     n: int,
     example_shape: tuple[int, ...],
     mesh: jax.sharding.Mesh,
     *,
+    method: str = "annealed_langevin",
     trajectory_every: int = 0,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Annealed Langevin samples ``(n, *example_shape)`` from ``params`` (and the thinned trajectory).
+    reference: np.ndarray | None = None,
+) -> sampling.SamplerOutput:
+    """Run the sampler ``method`` (one of :data:`METHODS`) of :mod:`ncsn_jax.sampling` with ``params``.
 
-    The batch is split over ``mesh``; ``n`` must be a multiple of the device count.
+    Every method runs the same way: one ``jax.jit`` with the weights as an argument, its batch of chains
+    split over ``mesh``; the initial state is :func:`initial_samples` from the first half of ``key``, the
+    sampler's noise from the second. Step counts and ``step_lr`` come from ``config.sampling``.
+
+    Args:
+        config, model, params, sigmas: the model (see :func:`restore_for_sampling`).
+        key: the PRNG key of this draw (:func:`ncsn_jax.rng.sample_key` for ``--mode=sample``).
+        n: number of samples; a multiple of the device count (interpolation: ``n // n_interpolations`` rows,
+            a multiple of the device count, of ``n_interpolations`` samples each).
+        example_shape: shape of one example.
+        mesh: the devices to split the chains over.
+        method: ``annealed_langevin``, ``inpainting`` (``reference`` images given on the left half, see
+            :func:`inpainting_mask`) or ``interpolation`` (NCSNv2's noise interpolation).
+        trajectory_every: keep every k-th iterate (0: none).
+        reference: ``(n, *example_shape)`` images to inpaint; required for inpainting.
+
+    Returns:
+        The :class:`~ncsn_jax.sampling.SamplerOutput` on the host (numpy); interpolation's samples are
+        ``(rows · n_interpolations, *example_shape)``, row by row.
+
+    Raises:
+        NonFiniteSamplesError: a sample is NaN or inf (naming the first noise level where that happened).
     """
-    parallel.check_batch_size(n, "number of samples")
+    if method not in METHODS:
+        raise errors.UserError(f"config.sampling.method={method!r}; valid: {', '.join(METHODS)}.")
+    batch = _batch_size(config, method, n)
     init_key, chain_key = jax.random.split(key)
-    x_init = initial_samples(config, init_key, (n, *example_shape), float(sigmas[0]))
-    x_init = jax.device_put(x_init, parallel.batch_sharded(mesh))
-    sigmas_j = jnp.asarray(sigmas)
-    options = _sampler_options(config)
+    sharded = parallel.batch_sharded(mesh)
+    x_init = jax.device_put(
+        initial_samples(config, init_key, (batch, *example_shape), float(sigmas[0])), sharded
+    )
+    options = dict(
+        n_steps_each=config.sampling.n_steps_each,
+        step_lr=float(config.sampling.step_lr),
+        denoise=config.sampling.denoise,
+        trajectory_every=trajectory_every or None,
+    )
+    extra: dict[str, jax.Array] = {}
+    if method == "inpainting":
+        if reference is None or reference.shape != (batch, *example_shape):
+            shape = None if reference is None else reference.shape
+            raise ValueError(f"inpainting needs {(batch, *example_shape)} reference images, got {shape}")
+        mask = jnp.asarray(inpainting_mask(example_shape))
+        extra = {"x_ref": jax.device_put(reference, sharded), "mask": mask}
 
-    @jax.jit
-    def run(params, x_init, chain_key):
+    def run(params: Any, x_init: jax.Array, chain_key: jax.Array, extra: dict[str, jax.Array]):
         score_fn = models.get_score_fn(model, {"params": params})
-        return sampling.annealed_langevin_dynamics(
-            score_fn,
-            x_init,
-            sigmas_j,
-            chain_key,
-            trajectory_every=trajectory_every or None,
-            return_level_finite=True,
-            **options,
-        )
+        if method == "inpainting":
+            return sampling.annealed_langevin_inpainting(
+                score_fn, extra["x_ref"], extra["mask"], x_init, sigmas, chain_key, **options
+            )
+        if method == "interpolation":
+            return sampling.interpolate(
+                score_fn,
+                x_init,
+                sigmas,
+                chain_key,
+                n_interpolations=config.sampling.n_interpolations,
+                **options,
+            )
+        return sampling.annealed_langevin_dynamics(score_fn, x_init, sigmas, chain_key, **options)
 
-    out = run(params, x_init, chain_key)
-    if trajectory_every:
-        samples, trajectory, level_finite = out
-    else:
-        (samples, level_finite), trajectory = out, None
-    samples = parallel.to_host(samples)
-    _check_finite(samples, np.asarray(sigmas), np.asarray(level_finite))
-    return samples, (parallel.to_host(trajectory) if trajectory is not None else None)
+    out = jax.jit(run)(params, x_init, chain_key, extra)
+    samples = parallel.to_host(out.samples).reshape(-1, *example_shape)
+    trajectory = None
+    if out.trajectory is not None:
+        trajectory = parallel.to_host(out.trajectory)
+        trajectory = trajectory.reshape(trajectory.shape[0], -1, *example_shape)
+    level_finite = np.asarray(out.level_finite)
+    _check_finite(samples, np.asarray(sigmas), level_finite)
+    return sampling.SamplerOutput(samples, trajectory, level_finite)
+
+
+def positive_mode_weight(samples: np.ndarray) -> float:
+    """For NCSN's toy mixture: the fraction of samples nearer the +5·1 mode (weight 0.8) than the −5·1 one."""
+    return float(np.mean(np.asarray(mixtures.ncsn_toy_mixture().nearest_component(samples)) == 0))
 
 
 def write_samples(
@@ -116,32 +235,45 @@ def write_samples(
     out_dir: str,
     config: ml_collections.ConfigDict,
     *,
+    step: int,
     trajectory: np.ndarray | None = None,
+    reference: np.ndarray | None = None,
+    mask: np.ndarray | None = None,
     score_fn: Callable[[np.ndarray], np.ndarray] | None = None,
     true_score_fn: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> None:
     """Write ``samples.npz`` and pictures (see the module docstring) into ``out_dir``."""
     os.makedirs(out_dir, exist_ok=True)
     arrays = {"samples": samples}
-    if trajectory is not None:
-        arrays["trajectory"] = trajectory
+    for name, value in (("trajectory", trajectory), ("reference", reference), ("mask", mask)):
+        if value is not None:
+            arrays[name] = value
     np.savez_compressed(os.path.join(out_dir, "samples.npz"), **arrays)
     picture = os.path.join(out_dir, "samples.png")
     if samples.ndim == 4:
-        plotting.save_image_grid(samples, picture, scale=max(1, 128 // samples.shape[1]))
+        scale = max(1, 128 // samples.shape[1])
+        if reference is not None and mask is not None:
+            plotting.save_inpainting_panels(reference, reference * mask, samples, picture, scale=scale)
+        elif config.sampling.method == "interpolation":
+            plotting.save_image_grid(samples, picture, n_cols=config.sampling.n_interpolations, scale=scale)
+        else:
+            plotting.save_image_grid(samples, picture, scale=scale)
         if trajectory is not None and trajectory.ndim == 5:
             plotting.save_trajectory_strip(
                 trajectory, os.path.join(out_dir, "trajectory.png"), scale=max(1, 64 // samples.shape[1])
             )
     elif samples.ndim == 2 and samples.shape[1] == 2:
         low, high = config.sampling.init_range
+        title = f"step {step}: {len(samples)} samples"
+        if config.data.dataset == "toy":
+            title += f", weight of the +5 mode {positive_mode_weight(samples):.3f} (true 0.8)"
         plotting.save_scatter(
             samples,
             picture,
             score_fn=score_fn,
             true_score_fn=true_score_fn,
             limits=(float(low), float(high)),
-            title=f"{len(samples)} samples",
+            title=title,
         )
     logging.info("Wrote %d samples to %s", len(samples), out_dir)
 
@@ -163,141 +295,101 @@ def _score_fields(
 
 def write_snapshot(
     config: ml_collections.ConfigDict,
-    params: Any,
     model: nn.Module,
+    params: Any,
     sigmas: np.ndarray,
-    key: jax.Array,
+    step: int,
     example_shape: tuple[int, ...],
     mesh: jax.sharding.Mesh,
     out_dir: str,
 ) -> None:
-    """Samples drawn during training at ``snapshot_freq`` (all processes sample, process 0 writes)."""
+    """Samples drawn during training at ``snapshot_freq`` (all processes sample, process 0 writes), from
+    the stream :func:`ncsn_jax.rng.snapshot_key` of ``step``."""
     n = config.sampling.snapshot_batch_size
     n -= n % jax.device_count()
     if n <= 0:
         return
-    samples, _ = draw_samples(config, params, model, sigmas, key, n, example_shape, mesh)
+    key = rng.snapshot_key(config.seed, step)
+    samples = draw_samples(config, model, params, sigmas, key, n, example_shape, mesh).samples
     if jax.process_index() == 0:
         fields = _score_fields(config, model, params, samples, float(sigmas[-1]))
-        write_samples(samples, out_dir, config, **fields)
+        write_samples(samples, out_dir, config, step=step, **fields)
 
 
 def restore_for_sampling(
-    config: ml_collections.ConfigDict, workdir: str
-) -> tuple[ml_collections.ConfigDict, nn.Module, Any, np.ndarray, dict[str, Any]]:
-    """Load the newest checkpoint of ``workdir`` for sampling.
+    config: ml_collections.ConfigDict, workdir: str, step: int | None = None
+) -> Restored:
+    """Load the weights of a checkpoint of ``workdir`` for sampling (reads only; no optimizer state).
 
-    Returns:
-        ``(config, model, params, sigmas, meta)`` with ``config``'s ``"auto"`` fields set to the values the
-        checkpoint was trained with, and ``params`` the EMA weights unless ``config.sampling.use_ema`` is False.
+    Args:
+        config: the run's config; its ``"auto"`` fields are set from the checkpoint.
+        workdir: the training (or conversion) workdir.
+        step: the checkpoint's step; None: the newest readable one.
+
+    Raises:
+        CheckpointNotFoundError: no (readable) checkpoint, or none of ``step``.
+        WorkdirMismatchError: the workdir holds a run of another model, dataset or example shape.
+        CheckpointMismatchError: the parameter shapes differ from those of ``config``'s model.
     """
-    from ncsn_jax import train  # pylint: disable=g-import-not-at-top  (train imports this module)
-
-    store = checkpointing.CheckpointStore(workdir, read_only=True)
-    meta = store.latest_meta()
-    if meta is None:
-        raise checkpointing.CheckpointNotFoundError(
-            f"No checkpoint in --workdir={workdir}. Train first (--mode=train with the same --workdir), or "
-            "convert the authors' weights with python -m ncsn_jax.convert_torch."
-        )
-    config = config_lib.apply_resolved(config, meta.get("resolved", {}))
     config_lib.validate(config)
+    store = checkpointing.CheckpointStore(workdir, read_only=True)
+    meta = store.latest_meta(step)
+    if meta is None:
+        where = f"of step {step} " if step is not None else ""
+        raise errors.CheckpointNotFoundError(
+            f"No checkpoint {where}in --workdir={workdir}. Train first (--mode=train with the same --workdir), "
+            "or convert the authors' weights with python -m ncsn_jax.convert_torch."
+        )
     example_shape = tuple(meta["example_shape"])
+    config_lib.check_workdir(config, workdir, models.example_shape(config), stored=meta)
+    config = config_lib.apply_resolved(config, meta.get("resolved", {}))
     model = models.create(config)
-    optimizer = train.create_optimizer(config.optim)
-    state, meta = store.restore(train.abstract_train_state(model, config, example_shape, optimizer), config)
-    params = state.ema_params if config.sampling.use_ema else state.params
-    return config, model, params, np.asarray(meta["sigmas"], np.float32), meta
+    which = "ema_params" if config.sampling.use_ema else "params"
+    template = {which: train_state.abstract_params(model, example_shape)}
+    weights, meta = store.restore(template, config, step=step)
+    return Restored(config, model, weights[which], config_lib.sigmas(config), meta)
+
+
+def output_dir(workdir: str, step: int, config: ml_collections.ConfigDict) -> str:
+    """``workdir/samples/<step>/<method>-seed<k>``: each method and seed in its own folder."""
+    return os.path.join(workdir, "samples", str(step), f"{config.sampling.method}-seed{config.sampling.seed}")
 
 
 def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
     """``--mode=sample``: restore, sample with ``config.sampling``, write outputs; returns the output dir."""
-    if config.sampling.method not in METHODS:
-        raise ValueError(f"config.sampling.method={config.sampling.method!r}; valid: {', '.join(METHODS)}.")
-    parallel.check_batch_size(config.sampling.batch_size, "config.sampling.batch_size")
-    config, model, params, sigmas, meta = restore_for_sampling(config, workdir)
-    mesh = parallel.create_mesh()
-    example_shape = tuple(meta["example_shape"])
-    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0x5A3)
-    out_dir = os.path.join(workdir, "samples", str(meta["step"]))
+    method = config.sampling.method
+    restored = restore_for_sampling(config, workdir)
+    config, example_shape = restored.config, restored.example_shape
     n = config.sampling.batch_size
-    if config.sampling.method == "annealed_langevin":
-        samples, trajectory = draw_samples(
-            config,
-            params,
-            model,
-            sigmas,
-            key,
-            n,
-            example_shape,
-            mesh,
-            trajectory_every=config.sampling.trajectory_every,
-        )
-    elif config.sampling.method == "inpainting":
-        samples, trajectory = _inpaint(config, params, model, sigmas, key, n, example_shape, mesh)
-    else:
-        samples, trajectory = _interpolate(config, params, model, sigmas, key, example_shape)
+    _batch_size(config, method, n)  # before reading test images
+    reference = inpainting_references(config, n) if method == "inpainting" else None
+    logging_utils.log_devices()
+    out = draw_samples(
+        config,
+        restored.model,
+        restored.params,
+        restored.sigmas,
+        rng.sample_key(config.seed, config.sampling.seed),
+        n,
+        example_shape,
+        parallel.create_mesh(),
+        method=method,
+        trajectory_every=config.sampling.trajectory_every,
+        reference=reference,
+    )
+    out_dir = output_dir(workdir, restored.step, config)
     if jax.process_index() == 0:
-        fields = _score_fields(config, model, params, samples, float(sigmas[-1]))
-        write_samples(samples, out_dir, config, trajectory=trajectory, **fields)
+        fields = _score_fields(
+            config, restored.model, restored.params, out.samples, float(restored.sigmas[-1])
+        )
+        write_samples(
+            out.samples,
+            out_dir,
+            config,
+            step=restored.step,
+            trajectory=out.trajectory,
+            reference=reference,
+            mask=None if reference is None else inpainting_mask(example_shape),
+            **fields,
+        )
     return out_dir
-
-
-def _inpaint(config, params, model, sigmas, key, n, example_shape, mesh):
-    """NCSN's inpainting: the left half of test images is given, the right half is sampled."""
-    from ncsn_jax import datasets  # pylint: disable=g-import-not-at-top
-
-    if len(example_shape) != 3:
-        raise ValueError("config.sampling.method='inpainting' needs image data.")
-    reference = datasets.create_dataset(config, "test", data_dir=config.data.data_dir or None)
-    x_ref = jnp.asarray(reference.sample_examples(n, seed=config.seed)[:n])
-    if x_ref.shape[0] < n:
-        raise ValueError(
-            f"The test split has only {x_ref.shape[0]} examples; lower config.sampling.batch_size."
-        )
-    width = example_shape[1]
-    mask = jnp.zeros(example_shape, jnp.float32).at[:, : width // 2, :].set(1.0)
-    init_key, chain_key = jax.random.split(key)
-    x_init = initial_samples(config, init_key, (n, *example_shape), float(sigmas[0]))
-    sharding = parallel.batch_sharded(mesh)
-    score_fn = models.get_score_fn(model, {"params": params})
-    run = jax.jit(
-        lambda x_ref, x_init: sampling.annealed_langevin_inpainting(
-            score_fn,
-            x_ref,
-            mask,
-            x_init,
-            jnp.asarray(sigmas),
-            chain_key,
-            return_level_finite=True,
-            **_sampler_options(config),
-        )
-    )
-    samples, level_finite = run(jax.device_put(x_ref, sharding), jax.device_put(x_init, sharding))
-    samples = parallel.to_host(samples)
-    _check_finite(samples, sigmas, np.asarray(level_finite))
-    return samples, None
-
-
-def _interpolate(config, params, model, sigmas, key, example_shape):
-    """NCSNv2's interpolation: each row of ``n_interpolations`` chains shares its start and interpolates
-    its Langevin noise between two seeds; the grid is written row by row."""
-    score_fn = models.get_score_fn(model, {"params": params})
-    n_rows = max(1, config.sampling.batch_size // config.sampling.n_interpolations)
-    init_key, chain_key = jax.random.split(key)
-    x_init = initial_samples(config, init_key, (n_rows, *example_shape), float(sigmas[0]))
-    run = jax.jit(
-        lambda x_init: sampling.interpolate(
-            score_fn,
-            x_init,
-            jnp.asarray(sigmas),
-            chain_key,
-            n_interpolations=config.sampling.n_interpolations,
-            return_level_finite=True,
-            **_sampler_options(config),
-        )
-    )
-    samples, level_finite = run(x_init)
-    samples = np.asarray(samples).reshape(-1, *example_shape)
-    _check_finite(samples, sigmas, np.asarray(level_finite))
-    return samples, None

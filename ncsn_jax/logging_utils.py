@@ -1,7 +1,9 @@
 """Training feedback: tqdm progress bars (steps/s, ETA) and metrics to absl logs and TensorBoard.
 
 TensorBoard event files are written with ``tensorboardX`` (no TensorFlow needed) under
-``workdir/tensorboard``; view them with ``tensorboard --logdir=<workdir>/tensorboard``.
+``workdir/tensorboard``; view them with ``tensorboard --logdir=<workdir>/tensorboard`` (``pip install -e
+".[tensorboard]"`` installs the viewer). While a progress bar is shown, log lines are printed above it
+(``tqdm.write``), never onto its line.
 """
 
 from __future__ import annotations
@@ -18,17 +20,68 @@ from absl import logging
 
 
 class _LibraryChatterFilter(python_logging.Filter):
-    """Drops INFO records of libraries that log every step of their own work (orbax, jax's backend probe)."""
+    """Drops INFO records of libraries that log every step of their own work (orbax logs through absl)."""
 
-    CHATTY = (f"{os.sep}orbax{os.sep}", f"{os.sep}jax{os.sep}_src{os.sep}xla_bridge")
+    CHATTY = (f"{os.sep}orbax{os.sep}",)
 
     def filter(self, record: python_logging.LogRecord) -> bool:
         return record.levelno > python_logging.INFO or not any(p in record.pathname for p in self.CHATTY)
 
 
+_CHATTER_FILTER = _LibraryChatterFilter()
+
+
 def quiet_library_logs() -> None:
-    """Keep absl's INFO log to this project's own messages (library warnings and errors still show)."""
-    python_logging.getLogger("absl").addFilter(_LibraryChatterFilter())
+    """Keep absl's INFO log to this project's own messages (library warnings and errors still show).
+
+    Call before JAX initialises its backends: on a machine without a TPU, jax's backend probe logs "Unable
+    to initialize backend 'tpu'" at INFO (``jax._src.xla_bridge``), which only warnings now pass. Which
+    backend JAX picks is unchanged (GPU and TPU runs are not affected).
+    """
+    python_logging.getLogger("absl").addFilter(_CHATTER_FILTER)  # idempotent
+    python_logging.getLogger("jax._src.xla_bridge").setLevel(python_logging.WARNING)
+
+
+def log_devices() -> None:
+    """Log the JAX version, backend and devices of this run (once its checks have passed)."""
+    import jax  # pylint: disable=g-import-not-at-top
+
+    logging.info(
+        "JAX %s, backend %s: %d device(s) in all, %d local; process %d of %d.",
+        jax.__version__,
+        jax.default_backend(),
+        jax.device_count(),
+        jax.local_device_count(),
+        jax.process_index(),
+        jax.process_count(),
+    )
+
+
+class _AboveTheBar:
+    """A stream for absl's log handler that prints each line with ``tqdm.write`` (above the bars)."""
+
+    def __init__(self, stream: Any):
+        self._stream = stream
+
+    def write(self, text: str) -> None:
+        from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+
+        tqdm.write(text.rstrip("\n"), file=self._stream)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+
+@contextlib.contextmanager
+def _logs_above_bar() -> Iterator[None]:
+    """Route absl's log lines through ``tqdm.write`` while a bar is shown."""
+    handler = logging.get_absl_handler().python_handler
+    stream = handler.stream
+    handler.stream = _AboveTheBar(stream)
+    try:
+        yield
+    finally:
+        handler.stream = stream
 
 
 @contextlib.contextmanager
@@ -39,15 +92,18 @@ def progress(total: int, initial: int = 0, desc: str = "", enabled: bool = True)
         return
     from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
 
-    with tqdm(
-        total=total,
-        initial=initial,
-        desc=desc,
-        unit="step",
-        dynamic_ncols=True,
-        file=sys.stderr,
-        mininterval=1.0,
-    ) as bar:
+    with (
+        tqdm(
+            total=total,
+            initial=initial,
+            desc=desc,
+            unit="step",
+            dynamic_ncols=True,
+            file=sys.stderr,
+            mininterval=1.0,
+        ) as bar,
+        _logs_above_bar(),
+    ):
         yield bar
 
 

@@ -33,6 +33,23 @@ def save_image_grid(images: np.ndarray, path: str, n_cols: int | None = None, sc
     picture.save(path)
 
 
+def save_inpainting_panels(
+    originals: np.ndarray, masked: np.ndarray, completions: np.ndarray, path: str, scale: int = 1
+) -> None:
+    """Three image grids side by side — original | masked input | completion — the same example in the same
+    cell of each, separated by a wide white gap."""
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+
+    panels = [image_grid(images) for images in (originals, masked, completions)]
+    gap = np.full(
+        (panels[0].shape[0], 4 * (1 + originals.shape[1] // 8), *panels[0].shape[2:]), 255, np.uint8
+    )
+    picture = Image.fromarray(np.concatenate([panels[0], gap, panels[1], gap, panels[2]], axis=1))
+    if scale > 1:
+        picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    picture.save(path)
+
+
 def save_trajectory_strip(trajectory: np.ndarray, path: str, n_examples: int = 8, scale: int = 1) -> None:
     """Rows = examples, columns = saved iterates of a ``(T, N, H, W, C)`` image trajectory."""
     frames = np.asarray(trajectory)[:, :n_examples]  # (T, n, H, W, C)

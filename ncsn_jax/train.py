@@ -1,9 +1,9 @@
-"""Training: the train state, a pure data-parallel train step, and the training loop.
+"""Training: a pure data-parallel train step, and the training loop.
 
 One optimisation step minimises a score-matching objective of :mod:`ncsn_jax.losses` (chosen by
 ``config.training.loss``) over a global batch::
 
-        key_t        = fold_in(key, t)                            # key made from config.seed: all randomness
+        key_t        = fold_in(key, t)                            # key = rng.train_key(config.seed)
         loss, grads  = value_and_grad(L)(params; batch_t, sigmas, key_t)
         params      <- Adam(params, grads)
         ema         <- m·ema + (1 − m)·params                     # m = config.model.ema_rate
@@ -13,7 +13,12 @@ resumed run repeats exactly what the uninterrupted run would have done. The step
 with the batch split over all devices (:mod:`ncsn_jax.parallel`) and the state buffers donated;
 ``steps_per_call`` steps run in one ``lax.scan`` per host call. :class:`Trainer` holds what the config
 determines (model, optimizer, σ's, mesh, jitted steps); :func:`train` drives it, reading the next call's
-batches on the host while the device runs the current one.
+batches on the host while the device runs the current one. The train state and the optimizer live in
+:mod:`ncsn_jax.train_state`.
+
+Before anything is written to the workdir, :func:`train` checks the config, that the workdir holds no run
+of another model, dataset or example shape (``config.json``), and opens the dataset; any problem there is a
+:class:`~ncsn_jax.errors.UserError` and leaves the workdir as it was (a new one is not created).
 """
 
 from __future__ import annotations
@@ -25,7 +30,6 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -34,87 +38,21 @@ import numpy as np
 import optax
 from absl import logging
 
-from ncsn_jax import checkpointing, config_lib, datasets, generate, losses, models, parallel
+from ncsn_jax import (
+    checkpointing,
+    config_lib,
+    datasets,
+    errors,
+    generate,
+    logging_utils,
+    losses,
+    models,
+    parallel,
+)
+from ncsn_jax.train_state import TrainState, abstract_train_state, create_optimizer, init_train_state
 
 PyTree = Any
 Metrics = dict[str, jax.Array]
-
-
-@flax.struct.dataclass
-class TrainState:
-    """Everything a resumed run needs besides the config (the data position is ``step`` itself).
-
-    Attributes:
-        step: number of optimizer updates applied so far (int32 scalar).
-        params: model parameters.
-        ema_params: exponential moving average of ``params`` (NCSNv2's EMA; equals ``params`` when rate = 0).
-        opt_state: optax state.
-        key: raw ``uint32[2]`` PRNG key made from ``config.seed``; step ``t`` uses ``fold_in(key, t)``.
-        nonfinite_count: updates skipped so far because the loss or a gradient was not finite.
-    """
-
-    step: jax.Array
-    params: PyTree
-    ema_params: PyTree
-    opt_state: PyTree
-    key: jax.Array
-    nonfinite_count: jax.Array
-
-
-class TrainingDivergedError(RuntimeError):
-    """Loss, gradients or update were non-finite more often than ``config.training.nonfinite_tolerance``."""
-
-
-def create_optimizer(optim: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """Adam as in the reference code, with optional L2 weight decay, linear warm-up and global-norm clipping.
-
-    PyTorch's ``Adam(weight_decay=w)`` adds ``w·θ`` to the gradient before the moment estimates, which is
-    ``add_decayed_weights`` placed before ``scale_by_adam`` (not AdamW's decoupled decay).
-    """
-    if optim.optimizer.lower() != "adam":
-        raise ValueError(f"config.optim.optimizer={optim.optimizer!r} is not supported; valid: 'adam'.")
-    lr: float | optax.Schedule = optim.lr
-    if optim.warmup > 0:
-        lr = optax.linear_schedule(0.0, optim.lr, transition_steps=optim.warmup)
-    transforms = []
-    if optim.grad_clip > 0:
-        transforms.append(optax.clip_by_global_norm(optim.grad_clip))
-    if optim.weight_decay > 0:
-        transforms.append(optax.add_decayed_weights(optim.weight_decay))
-    transforms.append(optax.scale_by_adam(b1=optim.beta1, b2=optim.beta2, eps=optim.eps))
-    transforms.append(optax.scale_by_learning_rate(lr))
-    return optax.chain(*transforms)
-
-
-def init_train_state(
-    model: nn.Module,
-    config: ml_collections.ConfigDict,
-    example_shape: tuple[int, ...],
-    optimizer: optax.GradientTransformation,
-) -> TrainState:
-    """Initialise parameters from ``config.seed`` and wrap them with optimizer state and EMA copy."""
-    base_key = jax.random.PRNGKey(config.seed)
-    init_key, train_key = jax.random.split(base_key)
-    params = models.init_variables(model, init_key, (1, *example_shape))["params"]
-    return TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        ema_params=jax.tree.map(jnp.copy, params),
-        opt_state=optimizer.init(params),
-        key=train_key,
-        nonfinite_count=jnp.zeros((), jnp.int32),
-    )
-
-
-def abstract_train_state(
-    model: nn.Module,
-    config: ml_collections.ConfigDict,
-    example_shape: tuple[int, ...],
-    optimizer: optax.GradientTransformation,
-) -> TrainState:
-    """Shapes and dtypes of :func:`init_train_state`'s result, without computing it (a template to restore
-    a checkpoint into)."""
-    return jax.eval_shape(lambda: init_train_state(model, config, example_shape, optimizer))
 
 
 def _all_finite(tree: PyTree) -> jax.Array:
@@ -347,7 +285,7 @@ def _check_nonfinite(
         bad_step = first_step + int(index)
         if count > tolerance:
             store.wait()
-            raise TrainingDivergedError(
+            raise errors.TrainingDivergedError(
                 f"Training diverged: non-finite loss, gradient or update at step {bad_step} ({count} "
                 f"non-finite step(s) so far, config.training.nonfinite_tolerance={tolerance}); the update "
                 "was not applied and nothing after the last good checkpoint was saved. Last good checkpoint: "
@@ -372,21 +310,37 @@ def _chunk_length(step: int, steps_per_call: int, n_iters: int, boundaries: tupl
     return n
 
 
+def _open_workdir(
+    config: ml_collections.ConfigDict, workdir: str
+) -> tuple[datasets.DataSource, checkpointing.CheckpointStore, dict[str, Any] | None]:
+    """The checks of the module docstring, then the dataset, the checkpoint store and the metadata of the
+    checkpoint to resume from (None: start afresh). Nothing is written before the checks have passed."""
+    config_lib.validate(config)
+    parallel.check_batch_size(config.training.batch_size)
+    config_lib.check_workdir(config, workdir, models.example_shape(config))
+    dataset = datasets.create_dataset(config, "train", data_dir=config.data.data_dir or None)
+    config_lib.check_workdir(config, workdir, dataset.example_shape)
+    checkpointing.ensure_writable(workdir)
+    store = checkpointing.CheckpointStore(workdir, keep=config.training.keep_checkpoints)
+    resume_meta = store.latest_meta()
+    if resume_meta is not None:
+        config_lib.check_workdir(config, workdir, dataset.example_shape, stored=resume_meta)
+    return dataset, store, resume_meta
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Train (or resume training) the model of ``config``, writing checkpoints and logs under ``workdir``.
 
     Resumes from the latest checkpoint in ``workdir`` when there is one; returns the final train state.
+
+    Raises:
+        UserError: a bad setting, a workdir of another run, a dataset not prepared, a checkpoint that does
+            not fit; :class:`~ncsn_jax.errors.TrainingDivergedError`; :class:`~ncsn_jax.errors.Interrupted`
+            on Ctrl-C, naming the last step done (the checkpoints on disk stay as they are).
     """
-    from ncsn_jax import logging_utils  # pylint: disable=g-import-not-at-top
-
-    config_lib.validate(config)
-    parallel.check_batch_size(config.training.batch_size)
-    checkpointing.ensure_writable(workdir)
+    dataset, store, resume_meta = _open_workdir(config, workdir)
+    logging_utils.log_devices()
     is_writer = jax.process_index() == 0
-
-    store = checkpointing.CheckpointStore(workdir, keep=config.training.keep_checkpoints)
-    resume_meta = store.latest_meta()
-    dataset = datasets.create_dataset(config, "train", data_dir=config.data.data_dir or None)
     if resume_meta is not None:
         config = config_lib.apply_resolved(config, resume_meta["resolved"])
         resolved = resume_meta["resolved"]
@@ -401,7 +355,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
         state, meta = store.restore(trainer.abstract_state(), config)  # replicated over the mesh
         logging.info("Resumed from the checkpoint of step %d (%s).", meta["step"], store.restored_from)
     if is_writer:
-        config_lib.save(config, resolved, workdir)
+        config_lib.save(config, resolved, workdir, trainer.example_shape)
 
     writer = logging_utils.MetricWriter(workdir, enabled=is_writer)
     n_iters = config.training.n_iters
@@ -410,6 +364,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     accumulator = _MetricsAccumulator(len(sigmas))
     last_log_time = time.time()
     last_log_step = start
+    last_summary: dict[str, Any] | None = None
 
     def meta_for(step: int) -> dict[str, Any]:
         return {
@@ -423,54 +378,66 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     # Host calls end exactly on logging / checkpoint boundaries, so those happen at the same steps
     # whatever steps_per_call is.
     boundaries = (config.training.log_freq, config.training.snapshot_freq, config.training.preemption_freq)
-    step = start
-    n = _chunk_length(step, k, n_iters, boundaries) if step < n_iters else 0
-    batches = trainer.batches(dataset, step, n) if n else None
-    # closing(): the event file is flushed also when training stops with an error.
-    with (
-        contextlib.closing(writer),
-        logging_utils.progress(total=n_iters, initial=start, desc="train", enabled=is_writer) as bar,
-    ):
-        while step < n_iters:
-            state, metrics = trainer.multi_step(state, batches)  # dispatched; runs while the host goes on
-            first_step, step = step + 1, step + n
-            if step < n_iters:  # read the next batches while the device computes
-                n = _chunk_length(step, k, n_iters, boundaries)
-                batches = trainer.batches(dataset, step, n)
-            metrics = jax.tree.map(np.asarray, metrics)  # waits for the call
-            bar.update(step - first_step + 1)
-            accumulator.add(metrics)
-            _check_nonfinite(
-                metrics["finite"],
-                first_step=first_step,
-                total=int(state.nonfinite_count),
-                tolerance=config.training.nonfinite_tolerance,
-                store=store,
-            )
-
-            if step % config.training.log_freq == 0 or step == n_iters:
-                summary = accumulator.summary()
-                now = time.time()
-                summary["steps_per_sec"] = (step - last_log_step) / max(now - last_log_time, 1e-9)
-                last_log_time, last_log_step = now, step
-                writer.write(step, summary, sigmas=sigmas)
-                bar.set_postfix(loss=f"{summary['loss']:.4g}")
-                accumulator = _MetricsAccumulator(len(sigmas))
-
-            periodic = step % config.training.snapshot_freq == 0 or step == n_iters
-            if periodic or step % config.training.preemption_freq == 0:
-                store.save(state, meta_for(step), periodic=periodic)
-            if periodic and config.training.snapshot_sampling:
-                snapshot_key = jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), step)
-                generate.write_snapshot(
-                    config,
-                    state.ema_params if config.sampling.use_ema else state.params,
-                    trainer.model,
-                    sigmas,
-                    snapshot_key,
-                    trainer.example_shape,
-                    trainer.mesh,
-                    os.path.join(workdir, "snapshots", str(step)),
+    step = done = start
+    try:
+        n = _chunk_length(step, k, n_iters, boundaries) if step < n_iters else 0
+        batches = trainer.batches(dataset, step, n) if n else None
+        # closing(): the event file is flushed also when training stops with an error.
+        with (
+            contextlib.closing(writer),
+            logging_utils.progress(total=n_iters, initial=start, desc="train", enabled=is_writer) as bar,
+        ):
+            while step < n_iters:
+                state, metrics = trainer.multi_step(state, batches)  # dispatched; runs while the host goes on
+                first_step, step = step + 1, step + n
+                if step < n_iters:  # read the next batches while the device computes
+                    n = _chunk_length(step, k, n_iters, boundaries)
+                    batches = trainer.batches(dataset, step, n)
+                metrics = jax.tree.map(np.asarray, metrics)  # waits for the call
+                bar.update(step - first_step + 1)
+                accumulator.add(metrics)
+                _check_nonfinite(
+                    metrics["finite"],
+                    first_step=first_step,
+                    total=int(state.nonfinite_count),
+                    tolerance=config.training.nonfinite_tolerance,
+                    store=store,
                 )
-    store.wait()
+                done = step
+
+                if step % config.training.log_freq == 0 or step == n_iters:
+                    last_summary = accumulator.summary()
+                    now = time.time()
+                    last_summary["steps_per_sec"] = (step - last_log_step) / max(now - last_log_time, 1e-9)
+                    last_log_time, last_log_step = now, step
+                    writer.write(step, last_summary, sigmas=sigmas)
+                    bar.set_postfix(loss=f"{last_summary['loss']:.4g}")
+                    accumulator = _MetricsAccumulator(len(sigmas))
+
+                periodic = step % config.training.snapshot_freq == 0 or step == n_iters
+                if periodic or step % config.training.preemption_freq == 0:
+                    store.save(state, meta_for(step), periodic=periodic)
+                if periodic and config.training.snapshot_sampling:
+                    generate.write_snapshot(
+                        config,
+                        trainer.model,
+                        state.ema_params if config.sampling.use_ema else state.params,
+                        sigmas,
+                        step,
+                        trainer.example_shape,
+                        trainer.mesh,
+                        os.path.join(workdir, "snapshots", str(step)),
+                    )
+        store.wait()
+    except KeyboardInterrupt:
+        raise errors.Interrupted(
+            f"interrupted at step {done}; run the same command to resume (from the newest checkpoint: "
+            f"{store.describe_latest()})."
+        ) from None
+    loss = (
+        f"final loss {last_summary['loss']:.5g} (mean since the previous log line); " if last_summary else ""
+    )
+    logging.info(
+        "Training finished at step %d: %snewest checkpoint: %s.", done, loss, store.describe_latest()
+    )
     return state

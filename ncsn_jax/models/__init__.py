@@ -54,11 +54,9 @@ __all__ = [
 
 
 def example_shape(config: Any) -> tuple[int, ...]:
-    """Shape of one example: ``(config.data.dim,)`` for vector data (``dataset == "toy"``: default 2),
-    otherwise ``(image_size, image_size, num_channels)``."""
+    """Shape of one example: ``(2,)`` for the 2-D toy mixture (``config.data.dataset == "toy"``), otherwise
+    ``(image_size, image_size, num_channels)``."""
     data = config.data
-    if data.get("dim") is not None:
-        return (int(data.dim),)
     if data.get("dataset") == "toy":
         return (2,)
     return (int(data.image_size), int(data.image_size), int(data.num_channels))
@@ -74,14 +72,12 @@ def _apply(model: nn.Module, variables: dict[str, Any], x: jax.Array, sigma: jax
     return model.apply(variables, x, sigma)
 
 
-def init_variables(model: nn.Module, key: jax.Array, input_shape: Sequence[int] | Any) -> dict[str, Any]:
+def init_variables(model: nn.Module, key: jax.Array, input_shape: Sequence[int]) -> dict[str, Any]:
     """``model.init`` on a zero batch of ``input_shape`` (batch dimension included, e.g. ``(1, 32, 32, 3)``).
 
-    A config may be passed instead of the shape: a batch of one :func:`example_shape`. Runs eagerly: for
-    these networks compiling the hundreds of random initialisers costs more than running them op by op.
+    Runs eagerly: for these networks compiling the hundreds of random initialisers costs more than running
+    them op by op.
     """
-    if hasattr(input_shape, "data"):
-        input_shape = (1, *example_shape(input_shape))
     x = jnp.zeros(tuple(input_shape), jnp.float32)
     return model.init(key, x, _dummy_sigma(model, x.shape[0]))
 

@@ -25,31 +25,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ncsn_jax import noise
+from ncsn_jax import config_lib
 from ncsn_jax.models import layers, registry
 from ncsn_jax.models.ncsnv2 import prepare_inputs
 from ncsn_jax.models.normalization import get_normalization
 
 Dtype = Any
 SIGMA_RTOL = 1e-4
-
-
-def sigmas_from_config(config: Any) -> tuple[float, ...]:
-    """The geometric table of ``config.model.{sigma_max, sigma_min, num_scales}`` as a tuple of floats."""
-    model = config.model
-    try:
-        sigma_max, sigma_min, num_scales = (
-            float(model.sigma_max),
-            float(model.sigma_min),
-            int(model.num_scales),
-        )
-    except (TypeError, ValueError) as error:
-        raise ValueError(
-            "The index-conditioned NCSN needs numeric config.model.sigma_max / sigma_min / num_scales "
-            f"(got {model.sigma_max!r}, {model.sigma_min!r}, {model.num_scales!r}); resolve 'auto' values "
-            "before building the model."
-        ) from error
-    return tuple(float(s) for s in noise.geometric_sigmas(sigma_max, sigma_min, num_scales))
 
 
 def nearest_level_index(sigma: jax.Array, sigmas: tuple[float, ...] | np.ndarray) -> jax.Array:
@@ -134,7 +116,7 @@ class CondRefineNetDilated(nn.Module):
 def build_ncsn(config: Any) -> CondRefineNetDilated:
     model = config.model
     return CondRefineNetDilated(
-        sigmas=sigmas_from_config(config),
+        sigmas=tuple(float(s) for s in config_lib.sigmas(config)),
         ngf=int(model.get("ngf", 128)),
         centered=bool(config.data.get("centered", False)),
         normalization=str(model.get("normalization", "InstanceNorm++")),

@@ -1,0 +1,48 @@
+"""Named PRNG streams: every random number of a run derives from ``config.seed`` through one of these.
+
+::
+
+    root     = PRNGKey(config.seed)
+    init     = fold_in(root, INIT)                              parameter initialisation
+    train    = fold_in(root, TRAIN)                             train step t uses fold_in(train, t)
+    snapshot = fold_in(fold_in(root, SNAPSHOT), step)           samples drawn at a training snapshot
+    sample   = fold_in(fold_in(root, SAMPLE), sampling.seed)    --mode=sample
+
+Streams are ``fold_in`` of distinct constants, so they are independent of each other and adding a stream
+changes none of the others. Training batches are drawn on the host by :mod:`ncsn_jax.datasets` from
+``(config.seed, step)`` with numpy; each sampler splits its key further (:mod:`ncsn_jax.sampling`).
+"""
+
+from __future__ import annotations
+
+import jax
+
+INIT = 0
+TRAIN = 1
+SNAPSHOT = 2
+SAMPLE = 3
+
+
+def _stream(seed: int, stream: int) -> jax.Array:
+    return jax.random.fold_in(jax.random.PRNGKey(seed), stream)
+
+
+def init_key(seed: int) -> jax.Array:
+    """Key of the parameter initialisation."""
+    return _stream(seed, INIT)
+
+
+def train_key(seed: int) -> jax.Array:
+    """Key of training (kept in the train state); step ``t`` uses ``fold_in(train_key, t)``."""
+    return _stream(seed, TRAIN)
+
+
+def snapshot_key(seed: int, step: int) -> jax.Array:
+    """Key of the samples drawn when training reaches ``step`` (``config.training.snapshot_sampling``)."""
+    return jax.random.fold_in(_stream(seed, SNAPSHOT), step)
+
+
+def sample_key(seed: int, sampling_seed: int) -> jax.Array:
+    """Key of ``--mode=sample``: the same ``(config.seed, config.sampling.seed)`` gives the same samples,
+    another ``config.sampling.seed`` new ones from the same model."""
+    return jax.random.fold_in(_stream(seed, SAMPLE), sampling_seed)
