@@ -21,9 +21,9 @@ import numpy as np
 import optax
 import pytest
 
-from ncsn_jax import checkpointing, config_lib, generate, models, noise, train
+from ncsn_jax import checkpointing, config_lib, generate, models, noise, train, train_state
+from tests.helpers import REPO, sample_dir
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_NAMES = sorted(
     os.path.splitext(os.path.basename(path))[0]
     for path in glob.glob(os.path.join(REPO, "configs", "*.py"))
@@ -110,7 +110,8 @@ def test_published_hyperparameters(name):
     config = load_config(name)
     for section, fields in PUBLISHED[name].items():
         for field, value in fields.items():
-            assert config[section][field] == pytest.approx(value, rel=1e-12), f"config.{section}.{field}"
+            expected = value if isinstance(value, str) else pytest.approx(value, rel=1e-12)
+            assert config[section][field] == expected, f"config.{section}.{field}"
     sigmas = config_lib.sigmas(config)
     published = PUBLISHED[name]["model"]
     assert len(sigmas) == published["num_scales"]
@@ -219,8 +220,8 @@ def test_one_train_step_and_a_sampling_pass(name, mock_tfds, tmp_path):
     # The checkpoint holds one update of the published network.
     model = models.create(config)
     example_shape = models.example_shape(config)
-    optimizer = train.create_optimizer(config.optim)
-    template = train.abstract_train_state(model, config, example_shape, optimizer)
+    optimizer = train_state.create_optimizer(config.optim)
+    template = train_state.abstract_train_state(model, config, example_shape, optimizer)
     state, meta = checkpointing.CheckpointStore(workdir, read_only=True).restore(template, config)
     assert meta["step"] == 1 and int(state.step) == 1 and int(state.nonfinite_count) == 0
     assert models.count_params(state.params) == PUBLISHED_PARAMS[name]
@@ -228,7 +229,7 @@ def test_one_train_step_and_a_sampling_pass(name, mock_tfds, tmp_path):
 
     # That update is Adam's first step from the seed's initialisation, p₁ = p₀ − lr·m̂/(√v̂ + ε) with the
     # stored moments (≈ lr·sign(g) per weight), and the EMA moved to m·p₀ + (1 − m)·p₁.
-    initial = train.init_train_state(model, config, example_shape, optimizer).params
+    initial = train_state.init_train_state(model, config, example_shape, optimizer).params
     lr, m = config.optim.lr, config.model.ema_rate
     adam = config.optim
     leaves = [
@@ -264,7 +265,7 @@ def test_one_train_step_and_a_sampling_pass(name, mock_tfds, tmp_path):
         assert loss == pytest.approx(next(iter(per_level.values())), rel=1e-5)
 
     samples = np.load(os.path.join(out_dir, "samples.npz"))["samples"]
-    assert out_dir == os.path.join(workdir, "samples", "1")
+    assert out_dir == sample_dir(workdir, 1)
     assert samples.shape == (SAMPLES, *example_shape) and samples.dtype == np.float32
     assert np.all(np.isfinite(samples))
     assert os.path.isfile(os.path.join(out_dir, "samples.png"))

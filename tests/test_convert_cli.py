@@ -22,10 +22,8 @@ import pytest
 
 from configs import digits, mnist
 from ncsn_jax import generate, models, noise
-from tests.test_main import check_ok, run_main
+from tests.helpers import REPO, check_ok, run_main, sample_dir, subprocess_env
 from tests.torch_reference import build_torch_reference, nchw, nhwc, randomize_norm_parameters
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # NCSNv2 checkpoint: configs/digits.py (8x8x1, "auto" noise levels and step size) with ngf 4.
 V2_ARGS = ["--config=configs/digits.py", "--config.model.ngf=4"]
@@ -38,7 +36,7 @@ V1_SIGMAS = noise.geometric_sigmas(1.0, 0.01, 10)
 
 def run_convert(*args: str, hide_torch: bool = False) -> subprocess.CompletedProcess:
     """``python -m ncsn_jax.convert_torch ARGS`` in the repo root; ``hide_torch``: ``import torch`` fails."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+    env = subprocess_env()
     if hide_torch:
         code = textwrap.dedent(f"""
             import runpy, sys
@@ -186,7 +184,7 @@ def test_printed_sample_command_writes_samples(ncsnv2_workdir):
     assert [a for a in command if a.startswith("--config")] == V2_ARGS
     sample = run_main(*command[2:], "--config.sampling.batch_size=4", "--config.sampling.n_steps_each=1")
     check_ok(sample)
-    out_dir = os.path.join(workdir, "samples", str(V2_STEP))
+    out_dir = sample_dir(workdir, V2_STEP)
     samples = np.load(os.path.join(out_dir, "samples.npz"))["samples"]
     assert samples.shape == (4, 8, 8, 1) and samples.dtype == np.float32
     assert np.all(np.isfinite(samples))

@@ -23,8 +23,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from tests.test_main import REPO, check_ok, run_main
-from tests.test_preemption import read_state
+from tests.helpers import REPO, check_ok, load_samples, read_state, run_main
 
 PROCESSES, LOCAL_DEVICES = 2, 4
 LOSS_RTOL = 1e-4
@@ -179,7 +178,7 @@ def test_two_process_training_writes_once_and_its_checkpoint_restores_in_one_pro
         "--config.sampling.n_steps_each=5",
     )
     check_ok(sample)
-    samples = np.load(os.path.join(multi_dir, "samples", "20", "samples.npz"))["samples"]
+    samples = load_samples(multi_dir, 20)["samples"]
     assert samples.shape == (100, 2) and np.all(np.isfinite(samples))
     multi_state = read_state(os.path.join(multi_dir, "checkpoints", "20"))
     single_state = read_state(os.path.join(single_dir, "checkpoints", "20"))

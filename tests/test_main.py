@@ -4,52 +4,23 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOY_WEIGHT = 0.8  # weight of the +5·1 component of NCSN's toy mixture
+from tests.helpers import (
+    TOY_WEIGHT,
+    assert_user_error,
+    check_ok,
+    load_samples,
+    positive_mode_weight,
+    run_main,
+    run_python,
+    sample_dir,
+)
 
 
-def run_main(*args: str, devices: int = 1, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run ``python main.py ARGS`` from the repo root on ``devices`` simulated CPU devices."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
-    if devices > 1:
-        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    return subprocess.run(
-        [sys.executable, "main.py", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
-    )
-
-
-def run_python(code: str, devices: int = 1, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
-    if devices > 1:
-        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def check_ok(result: subprocess.CompletedProcess) -> None:
-    assert result.returncode == 0, (
-        f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr[-5000:]}"
-    )
-
-
-def positive_mode_weight(samples: np.ndarray) -> float:
-    """Fraction of 2-D samples nearer the +5·1 mode than the −5·1 one."""
-    return float(np.mean(samples.sum(axis=-1) > 0))
-
-
+@pytest.mark.slow
 def test_toy_train_then_sample_recovers_mixture_weights(tmp_path):
     workdir = str(tmp_path / "toy")
     overrides = [
@@ -58,16 +29,23 @@ def test_toy_train_then_sample_recovers_mixture_weights(tmp_path):
         "--config.training.snapshot_sampling=False",
         "--config.sampling.batch_size=1000",
     ]
-    check_ok(run_main("--config=configs/toy.py", f"--workdir={workdir}", "--mode=train", *overrides))
+    trained = run_main("--config=configs/toy.py", f"--workdir={workdir}", "--mode=train", *overrides)
+    check_ok(trained)
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["1500", "750"]
-    check_ok(run_main("--config=configs/toy.py", f"--workdir={workdir}", "--mode=sample", *overrides))
-    samples = np.load(os.path.join(workdir, "samples", "1500", "samples.npz"))["samples"]
+    # The run ends with a summary and the next command, which is what the user runs next.
+    assert "Training finished at step 1500: final loss " in trained.stderr
+    assert f"newest checkpoint: step 1500 in {os.path.join(workdir, 'checkpoints')}" in trained.stderr
+    next_command = trained.stdout.strip().splitlines()[-1].split()
+    assert next_command[:3] == ["python", "main.py", "--config=configs/toy.py"]
+    assert next_command[-2:] == [f"--workdir={workdir}", "--mode=sample"]
+    check_ok(run_main(*next_command[2:]))
+    samples = load_samples(workdir, 1500)["samples"]
     assert samples.shape == (1000, 2) and np.all(np.isfinite(samples))
     assert abs(positive_mode_weight(samples) - TOY_WEIGHT) <= 0.05
     # Samples sit on the modes (±5·1 with unit variance), not between them.
     distance = np.minimum(np.linalg.norm(samples - 5.0, axis=-1), np.linalg.norm(samples + 5.0, axis=-1))
     assert np.median(distance) < 2.0
-    assert os.path.isfile(os.path.join(workdir, "samples", "1500", "samples.png"))
+    assert os.path.isfile(os.path.join(sample_dir(workdir, 1500), "samples.png"))
     assert os.listdir(os.path.join(workdir, "tensorboard"))
 
 
@@ -78,28 +56,37 @@ def test_toy_defaults_without_overrides(tmp_path):
     check_ok(run_main("--config=configs/toy.py", f"--workdir={workdir}", "--mode=train"))
     check_ok(run_main("--config=configs/toy.py", f"--workdir={workdir}", "--mode=sample"))
     step = max(os.listdir(os.path.join(workdir, "samples")), key=int)
-    samples = np.load(os.path.join(workdir, "samples", step, "samples.npz"))["samples"]
+    samples = load_samples(workdir, step)["samples"]
     assert abs(positive_mode_weight(samples) - TOY_WEIGHT) <= 0.05
 
 
+DIGITS = [
+    "--config=configs/digits.py",
+    "--config.training.n_iters=60",
+    "--config.training.log_freq=20",
+    "--config.training.snapshot_freq=60",
+    "--config.training.snapshot_sampling=False",
+    "--config.model.ngf=8",
+    "--config.sampling.batch_size=8",
+    "--config.sampling.n_steps_each=1",
+]
+
+
+@pytest.fixture(scope="module")
+def digits_workdir(tmp_path_factory) -> str:
+    """A 60-step NCSNv2 (ngf 8) on the 8×8 digits with the "auto" noise schedule, sampled once."""
+    workdir = str(tmp_path_factory.mktemp("digits") / "digits")
+    check_ok(run_main(*DIGITS, f"--workdir={workdir}", "--mode=train"))
+    check_ok(run_main(*DIGITS, f"--workdir={workdir}", "--mode=sample"))
+    return workdir
+
+
 @pytest.mark.slow
-def test_digits_end_to_end_with_auto_noise_schedule(tmp_path):
+def test_digits_end_to_end_with_auto_noise_schedule(digits_workdir):
     from configs import digits
     from ncsn_jax import datasets, noise
 
-    workdir = str(tmp_path / "digits")
-    overrides = [
-        "--config.training.n_iters=60",
-        "--config.training.log_freq=20",
-        "--config.training.snapshot_freq=60",
-        "--config.training.snapshot_sampling=False",
-        "--config.model.ngf=8",
-        "--config.sampling.batch_size=8",
-        "--config.sampling.n_steps_each=1",
-    ]
-    check_ok(run_main("--config=configs/digits.py", f"--workdir={workdir}", "--mode=train", *overrides))
-    check_ok(run_main("--config=configs/digits.py", f"--workdir={workdir}", "--mode=sample", *overrides))
-
+    workdir = digits_workdir
     # "auto" fields were computed from the data with NCSNv2's techniques (recomputed here independently).
     resolved = json.load(open(os.path.join(workdir, "config.json")))["resolved"]
     config = digits.get_config()
@@ -111,8 +98,97 @@ def test_digits_end_to_end_with_auto_noise_schedule(tmp_path):
     sigmas = noise.geometric_sigmas(resolved["model.sigma_max"], 0.01, resolved["model.num_scales"])
     assert resolved["sampling.step_lr"] == pytest.approx(noise.langevin_step_lr(sigmas, 64, 1), rel=1e-6)
 
-    samples = np.load(os.path.join(workdir, "samples", "60", "samples.npz"))["samples"]
+    samples = load_samples(workdir, 60)["samples"]
     assert samples.shape == (8, 8, 8, 1) and np.all(np.isfinite(samples))
+
+
+@pytest.mark.slow
+def test_inpainting_from_the_command_line_keeps_the_plain_samples(digits_workdir):
+    """Inpainting writes next to the plain samples (not over them): the left half of each test image is
+    given and kept exactly, and the picture shows original | masked input | completion."""
+    from PIL import Image
+
+    from configs import digits
+    from ncsn_jax import datasets
+
+    plain = os.path.join(sample_dir(digits_workdir, 60), "samples.npz")
+    plain_before = (os.path.getmtime(plain), open(plain, "rb").read())
+    result = run_main(
+        *DIGITS, f"--workdir={digits_workdir}", "--mode=sample", "--config.sampling.method=inpainting"
+    )
+    check_ok(result)
+    out_dir = sample_dir(digits_workdir, 60, "inpainting")
+    assert f"Samples written to {out_dir}" in result.stdout
+    assert (os.path.getmtime(plain), open(plain, "rb").read()) == plain_before
+
+    written = load_samples(digits_workdir, 60, "inpainting")
+    samples, reference, mask = written["samples"], written["reference"], written["mask"]
+    assert samples.shape == reference.shape == (8, 8, 8, 1) and mask.shape == (8, 8, 1)
+    np.testing.assert_array_equal(mask[:, :4], 1.0)
+    np.testing.assert_array_equal(mask[:, 4:], 0.0)
+    np.testing.assert_array_equal(samples[:, :, :4], reference[:, :, :4])  # the given half, exactly
+    assert np.all(np.isfinite(samples)) and not np.allclose(samples[:, :, 4:], reference[:, :, 4:])
+    # The references are test digits (none of them a training image).
+    test_images = datasets.create_dataset(digits.get_config(), "test").sample_examples(1000)
+    for image in reference:
+        assert np.min(np.abs(test_images - image).reshape(len(test_images), -1).max(-1)) == 0.0
+    # Three panels of a 3×3 grid of 8×8 images (2-pixel padding), 8-pixel gaps, upscaled 16×.
+    grid = 3 * (8 + 2) + 2
+    assert Image.open(os.path.join(out_dir, "samples.png")).size == (16 * (3 * grid + 2 * 8), 16 * grid)
+
+
+@pytest.mark.slow
+def test_interpolation_from_the_command_line(digits_workdir):
+    result = run_main(
+        *DIGITS,
+        f"--workdir={digits_workdir}",
+        "--mode=sample",
+        "--config.sampling.method=interpolation",
+        "--config.sampling.n_interpolations=4",
+    )
+    check_ok(result)
+    samples = load_samples(digits_workdir, 60, "interpolation")["samples"].reshape(2, 4, 8, 8, 1)
+    assert np.all(np.isfinite(samples))
+    # Each row starts all its chains from one state and only their noise differs: the chains of a row are
+    # distinct, and the two rows (different starts and noise) are too.
+    for row in samples:
+        assert all(not np.array_equal(row[i], row[j]) for i in range(4) for j in range(i + 1, 4))
+    assert not np.allclose(samples[0], samples[1])
+
+
+def test_sampling_is_repeatable_and_the_seed_draws_new_samples(tmp_path):
+    """The same command twice: the same bytes; another config.sampling.seed: other samples, in their own
+    folder."""
+    from configs import toy
+    from ncsn_jax import generate
+
+    workdir = str(tmp_path / "toy")
+    check_ok(
+        run_main(
+            "--config=configs/toy.py",
+            f"--workdir={workdir}",
+            "--mode=train",
+            "--config.training.n_iters=20",
+            "--config.training.snapshot_sampling=False",
+            "--config.model.hidden_dims=32,32",
+        )
+    )
+    config = toy.get_config()
+    config.model.hidden_dims = (32, 32)
+    config.sampling.batch_size = 200
+    config.sampling.n_steps_each = 5
+    draws = []
+    for seed in (0, 0, 1):
+        config.sampling.seed = seed
+        out_dir = generate.sample(config, workdir)
+        assert out_dir == sample_dir(workdir, 20, seed=seed)
+        draws.append(np.load(os.path.join(out_dir, "samples.npz"))["samples"])
+    assert draws[0].tobytes() == draws[1].tobytes()
+    assert not np.allclose(draws[0], draws[2])
+    assert sorted(os.listdir(os.path.join(workdir, "samples", "20"))) == [
+        "annealed_langevin-seed0",
+        "annealed_langevin-seed1",
+    ]
 
 
 EIGHT_DEVICE_LOSSES = """
@@ -136,6 +212,7 @@ print(json.dumps({"devices": jax.device_count(), "losses": losses, "rows": shard
 """
 
 
+@pytest.mark.slow
 def test_loss_trajectory_is_the_same_on_one_and_eight_devices():
     one = run_python(EIGHT_DEVICE_LOSSES, devices=1)
     eight = run_python(EIGHT_DEVICE_LOSSES, devices=8)
@@ -158,11 +235,13 @@ def test_batch_not_divisible_by_device_count_is_a_clear_error(tmp_path):
         "--config.training.n_iters=1",
         devices=8,
     )
-    assert result.returncode == 2
-    assert "config.training.batch_size=100 is not divisible by the number of devices (8" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert_user_error(
+        result, "config.training.batch_size=100 is not divisible by the number of devices (8", lines=1
+    )
+    assert not os.listdir(tmp_path)
 
 
+@pytest.mark.slow
 def test_resumed_training_equals_uninterrupted_training(tmp_path):
     """Stopping after 40 steps and starting the same command again ends where one 80-step run ends."""
     base = [
@@ -183,18 +262,12 @@ def test_resumed_training_equals_uninterrupted_training(tmp_path):
     from ncsn_jax import generate
     leaves = []
     for workdir in sys.argv[1:]:
-        _, _, params, _, meta = generate.restore_for_sampling(toy.get_config(), workdir)
-        assert meta["step"] == 80, meta["step"]
-        leaves.append(jax.tree.leaves(params))
+        restored = generate.restore_for_sampling(toy.get_config(), workdir)
+        assert restored.step == 80, restored.step
+        leaves.append(jax.tree.leaves(restored.params))
     assert all(np.array_equal(a, b) for a, b in zip(*leaves)), "params differ"
     print("identical")
     """
-    result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code), str(tmp_path / "straight"), str(tmp_path / "resumed")],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, JAX_PLATFORMS="cpu"),
-    )
+    result = run_python(code, str(tmp_path / "straight"), str(tmp_path / "resumed"))
     check_ok(result)
     assert "identical" in result.stdout

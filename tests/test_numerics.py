@@ -21,9 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.test_cli import assert_user_error
-from tests.test_main import check_ok, run_main
-from tests.test_preemption import read_state, tree_listing
+from tests.helpers import assert_user_error, check_ok, read_state, run_main, tree_listing
 
 BASE = [
     "--config=configs/toy.py",

@@ -4,9 +4,9 @@ ends with exactly the state of an uninterrupted run.
 Every run is ``python main.py --config=configs/toy.py --mode=train`` with a tiny MLP on CPU, where XLA is
 deterministic, so "the same" means bit for bit: params, EMA params, Adam's moments and count, step, PRNG key
 and the non-finite counter of every checkpoint. Checkpoints are read back here with orbax directly, not with
-the code under test. A kill *during* a save uses the test hook of :mod:`ncsn_jax.checkpointing`
-(``NCSN_TEST_PAUSE_IN_SAVE=<step>``): the process stops after writing the checkpoint into orbax's temporary
-directory and before the rename that would make it final.
+the code under test. A kill *during* a save runs ``main.py`` through ``tests/pause_in_save.py``, which patches
+orbax in that process only: it stops after writing the checkpoint into orbax's temporary directory and
+before the rename that would make it final.
 """
 
 from __future__ import annotations
@@ -19,15 +19,24 @@ import subprocess
 import sys
 import time
 
-import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
-from tests.test_main import REPO, check_ok, run_main
+from tests.helpers import (
+    REPO,
+    check_ok,
+    load_samples,
+    read_state,
+    run_main,
+    sample_dir,
+    subprocess_env,
+    tree_listing,
+    truncate_array_data,
+    truncate_manifests,
+    truncate_meta,
+)
+from tests.pause_in_save import PAUSE_MARKER
 
-PAUSE_ENV = "NCSN_TEST_PAUSE_IN_SAVE"
-PAUSE_MARKER = "NCSN_TEST_PAUSE_IN_SAVE: paused before finalising"
 N_ITERS = 100
 TRAIN = [
     "--config=configs/toy.py",
@@ -52,34 +61,11 @@ SAMPLE = [
 CHECKPOINTS = ("checkpoints/50", "checkpoints/100", "checkpoints-preemption/90")
 
 
-# -- reading checkpoints independently of ncsn_jax -----------------------------------------------------------
-def read_state(checkpoint_dir: str) -> dict[str, np.ndarray]:
-    """Every array of a checkpoint's train state, by tree path, read with orbax onto this process's device."""
-    path = os.path.join(checkpoint_dir, "state")
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    with ocp.StandardCheckpointer() as checkpointer:
-        stored = checkpointer.metadata(path).item_metadata.tree
-        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), stored)
-        tree = checkpointer.restore(path, target)
-    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {jax.tree_util.keystr(p): np.asarray(leaf) for p, leaf in flat}
-
-
 def assert_bitwise_equal(a: dict[str, np.ndarray], b: dict[str, np.ndarray], what: str) -> None:
     assert sorted(a) == sorted(b), f"{what}: different trees"
     for name in a:
         assert a[name].dtype == b[name].dtype and a[name].shape == b[name].shape, f"{what}: {name}"
         assert a[name].tobytes() == b[name].tobytes(), f"{what}: {name} differs"
-
-
-def tree_listing(path: str) -> dict[str, tuple[int, float]]:
-    """(size, mtime) of every file below ``path``, by relative path."""
-    out = {}
-    for root, _, files in os.walk(path):
-        for f in files:
-            full = os.path.join(root, f)
-            out[os.path.relpath(full, path)] = (os.path.getsize(full), os.path.getmtime(full))
-    return out
 
 
 def temporary_dirs(workdir: str) -> list[str]:
@@ -96,16 +82,13 @@ class Run:
     """``python main.py TRAIN --workdir=…`` in the background, its output in a file."""
 
     def __init__(self, workdir: str, log_path: str, pause_at: int | None = None):
-        env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
-        env.pop(PAUSE_ENV, None)
-        if pause_at is not None:
-            env[PAUSE_ENV] = str(pause_at)
+        pause = [] if pause_at is None else [os.path.join("tests", "pause_in_save.py"), str(pause_at)]
         self.log_path = log_path
         with open(log_path, "w") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "main.py", *TRAIN, f"--workdir={workdir}"],
+                [sys.executable, *(pause or ["main.py"]), *TRAIN, f"--workdir={workdir}"],
                 cwd=REPO,
-                env=env,
+                env=subprocess_env(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
@@ -204,31 +187,7 @@ def test_kill_at_three_points_then_rerun_is_bit_identical(tmp_path, runs, uninte
         assert_bitwise_equal(state, reference[checkpoint], checkpoint)
 
 
-def truncate_manifests(checkpoint_dir: str) -> None:
-    """A torn write: the OCDBT manifests of the state item are empty."""
-    manifests = glob.glob(os.path.join(checkpoint_dir, "state", "**", "manifest.ocdbt"), recursive=True)
-    assert manifests
-    for manifest in manifests:
-        open(manifest, "w").close()
-
-
-def truncate_array_data(checkpoint_dir: str) -> None:
-    """The array data files of the state item are empty."""
-    data = [
-        f
-        for f in glob.glob(os.path.join(checkpoint_dir, "state", "**", "d", "*"), recursive=True)
-        if os.path.isfile(f)
-    ]
-    assert data
-    for f in data:
-        open(f, "w").close()
-
-
-def truncate_meta(checkpoint_dir: str) -> None:
-    """The JSON metadata item is empty."""
-    open(os.path.join(checkpoint_dir, "meta", "metadata"), "w").close()
-
-
+@pytest.mark.slow
 def test_corrupted_latest_checkpoint_training_falls_back_and_ends_identical(tmp_path, uninterrupted):
     reference_dir, reference = uninterrupted
     workdir = str(tmp_path / "corrupted")
@@ -254,6 +213,7 @@ def test_corrupted_latest_checkpoint_training_falls_back_and_ends_identical(tmp_
         assert_bitwise_equal(read_state(os.path.join(workdir, checkpoint)), reference[checkpoint], checkpoint)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("corrupt", [truncate_array_data, truncate_meta, truncate_manifests])
 def test_corrupted_latest_checkpoint_sampling_falls_back(tmp_path, uninterrupted, corrupt):
     reference_dir, _ = uninterrupted
@@ -268,8 +228,8 @@ def test_corrupted_latest_checkpoint_sampling_falls_back(tmp_path, uninterrupted
     assert_clean_stderr(result.stderr)
     assert f"The checkpoint {newest} cannot be read" in result.stderr
     assert f"Fell back to {os.path.join(workdir, 'checkpoints-preemption', '90')}" in result.stderr
-    assert f"Samples written to {os.path.join(workdir, 'samples', '90')}" in result.stdout
-    samples = np.load(os.path.join(workdir, "samples", "90", "samples.npz"))["samples"]
+    assert f"Samples written to {sample_dir(workdir, 90)}" in result.stdout
+    samples = load_samples(workdir, 90)["samples"]
     assert samples.shape == (100, 2) and np.all(np.isfinite(samples))
     # Sampling only reads: every checkpoint file is as it was.
     after = {f: v for f, v in tree_listing(workdir).items() if not f.startswith("samples")}
@@ -293,7 +253,7 @@ def test_late_orbax_read_errors_are_dropped_and_others_kept(via, monkeypatch):
     cannot be relied on to exercise both paths."""
     import logging
 
-    from ncsn_jax import checkpointing
+    from ncsn_jax import orbax_read_errors
 
     orbax_file = os.path.join(
         "site-packages", "orbax", "checkpoint", "_src", "serialization", "serialization.py"
@@ -302,7 +262,7 @@ def test_late_orbax_read_errors_are_dropped_and_others_kept(via, monkeypatch):
     ours = _traceback_from(os.path.join("ncsn_jax", "train.py"), ValueError("a real error"))
     seen = []
     monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(u.exc_value))  # restored after the test
-    checkpointing._silence_late_read_errors()  # wraps the recording hook
+    orbax_read_errors.install()  # wraps the recording hook
     if via == "asyncio_log":
         handler = logging.Handler()
         handler.emit = lambda record: seen.append(record.exc_info[1])
