@@ -101,6 +101,7 @@ def test_sample_without_checkpoint(tmp_path):
     assert_stopped_before_writing(result, workdir, "No checkpoint", "--mode=train")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["train", "sample"])
 def test_workdir_of_another_config(trained_toy, mode):
     """The digits config on a toy workdir: named as such, before anything is read or written."""
@@ -116,6 +117,7 @@ def test_workdir_of_another_config(trained_toy, mode):
     assert snapshot_tree(trained_toy) == before
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_model_config(trained_toy):
     before = snapshot_tree(trained_toy)
     result = run_main(TOY, f"--workdir={trained_toy}", "--mode=sample", "--config.model.hidden_dims=64,64")
@@ -123,6 +125,7 @@ def test_checkpoint_of_another_model_config(trained_toy):
     assert snapshot_tree(trained_toy) == before
 
 
+@pytest.mark.slow
 def test_resuming_with_another_model_config(trained_toy):
     before = snapshot_tree(trained_toy)
     result = run_main(
@@ -164,6 +167,7 @@ def test_full_disk_is_detected_before_training(tmp_path):
         checkpointing.ensure_writable(str(tmp_path), min_free_bytes=2**62)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["meta", "state"])
 def test_only_checkpoint_unreadable_stops_train_and_sample(trained_toy, tmp_path, damage):
     """With no readable checkpoint to fall back to, training does not silently start over next to it."""
@@ -290,6 +294,7 @@ def test_ctrl_c_during_training_names_the_step_and_the_rerun_resumes(tmp_path):
     assert "Resumed from the checkpoint of step " in resumed.stderr
 
 
+@pytest.mark.slow
 def test_cpu_run_prints_no_tpu_backend_probe(trained_toy):
     """Without JAX_PLATFORMS, jax probes for a TPU and logs "Unable to initialize backend 'tpu'" at INFO."""
     env = subprocess_env()

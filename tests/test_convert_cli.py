@@ -152,6 +152,7 @@ def flax_scores(model, params, sigmas: np.ndarray, x: np.ndarray, levels: np.nda
 # ----------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_ncsnv2_checkpoint_restores_the_torch_models(torch_ref, ncsnv2_checkpoint, ncsnv2_workdir):
     torch, _ = torch_ref
     _, t_model, t_ema = ncsnv2_checkpoint
@@ -177,6 +178,7 @@ def test_ncsnv2_checkpoint_restores_the_torch_models(torch_ref, ncsnv2_checkpoin
     assert np.max(np.abs(model_out - ema_out)) > 0.1 * np.max(np.abs(ema_out))
 
 
+@pytest.mark.slow
 def test_printed_sample_command_writes_samples(ncsnv2_workdir):
     workdir, result = ncsnv2_workdir
     command = shlex.split(result.stdout.strip().splitlines()[-1])
@@ -191,6 +193,7 @@ def test_printed_sample_command_writes_samples(ncsnv2_workdir):
     assert os.path.isfile(os.path.join(out_dir, "samples.png"))
 
 
+@pytest.mark.slow
 def test_converting_into_a_workdir_with_checkpoints_is_refused(ncsnv2_checkpoint, ncsnv2_workdir):
     path, _, _ = ncsnv2_checkpoint
     workdir, _ = ncsnv2_workdir
@@ -205,6 +208,7 @@ def test_converting_into_a_workdir_with_checkpoints_is_refused(ncsnv2_checkpoint
 # ----------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_ncsn_checkpoint_without_ema_converts(torch_ref, ncsn_checkpoint, tmp_path):
     torch, _ = torch_ref
     path, t_model = ncsn_checkpoint
@@ -255,6 +259,7 @@ def test_not_a_torch_file(tmp_path):
     assert_one_line_error(result, "is not a readable PyTorch checkpoint")
 
 
+@pytest.mark.slow
 def test_pickled_objects_need_trust_checkpoint(ncsnv2_checkpoint, tmp_path):
     torch = pytest.importorskip("torch")
     path, _, _ = ncsnv2_checkpoint

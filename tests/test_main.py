@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -32,6 +33,11 @@ def test_toy_train_then_sample_recovers_mixture_weights(tmp_path):
     trained = run_main("--config=configs/toy.py", f"--workdir={workdir}", "--mode=train", *overrides)
     check_ok(trained)
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["1500", "750"]
+    # Log lines start a line of their own: tqdm clears the bar ("\r") before each, instead of the line being
+    # appended to the bar's text.
+    log_lines = list(re.finditer(r"I\d{4} [\d:.]+ +\d+ \w+\.py:\d+\] ", trained.stderr))
+    assert sum("step " in trained.stderr[m.end() : m.end() + 10] for m in log_lines) == 6  # every 250 steps
+    assert all(m.start() == 0 or trained.stderr[m.start() - 1] in "\r\n" for m in log_lines), trained.stderr
     # The run ends with a summary and the next command, which is what the user runs next.
     assert "Training finished at step 1500: final loss " in trained.stderr
     assert f"newest checkpoint: step 1500 in {os.path.join(workdir, 'checkpoints')}" in trained.stderr
@@ -156,6 +162,7 @@ def test_interpolation_from_the_command_line(digits_workdir):
     assert not np.allclose(samples[0], samples[1])
 
 
+@pytest.mark.slow
 def test_sampling_is_repeatable_and_the_seed_draws_new_samples(tmp_path):
     """The same command twice: the same bytes; another config.sampling.seed: other samples, in their own
     folder."""

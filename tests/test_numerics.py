@@ -79,6 +79,7 @@ def test_nonfinite_loss_stops_training_and_keeps_the_last_good_checkpoint(traine
     assert checkpoint_files(trained) == before
 
 
+@pytest.mark.slow
 def test_nonfinite_update_with_finite_gradients_is_neither_applied_nor_saved(trained, tmp_path):
     """With lr = inf the loss and gradients of step 21 are finite but the new parameters are not: the step
     must not be applied, and the checkpoint due right after it (preemption_freq=1) must not be written."""
@@ -145,6 +146,7 @@ def test_transient_nonfinite_steps_are_skipped_and_counted_within_the_limit(tmp_
     assert [s for s, _, _ in skipped_steps(result.stderr)] == steps[:limit]
 
 
+@pytest.mark.slow
 def test_nonfinite_samples_name_the_noise_level(trained):
     before = checkpoint_files(trained)
     result = run_main(
