@@ -6,7 +6,10 @@ Its other pending array reads fail later, after the caller has moved on; Python 
 per array: tensorstore's callbacks into orbax's finished event loop (``RuntimeError: Event loop is closed``,
 reported as "Exception ignored in ..."), and the reads themselves, reported by the unraisable hook or by
 asyncio's "Task exception was never retrieved" log record. :func:`install` drops those, recognised by the
-file their traceback ends in; every other unraisable error and asyncio error still shows. Should a later
+files their traceback runs through (orbax's array reader), or, for a tensorstore read awaited directly by an
+asyncio task (the partial restore of sampling), by a traceback that ends in asyncio's task wrapper with
+tensorstore's status message about the checkpoint's OCDBT / zarr files. Every other unraisable error and
+asyncio error still shows. Should a later
 orbax stop leaving reads behind, this module can go.
 """
 
@@ -14,11 +17,16 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from typing import Any
 
 _ORBAX_READER = f"orbax{os.sep}checkpoint{os.sep}_src{os.sep}serialization"
 _ASYNCIO_LOOP = f"asyncio{os.sep}base_events.py"
+_ASYNCIO_TASKS = f"asyncio{os.sep}tasks.py"
+# tensorstore's status text for a failed read of a checkpoint's arrays, e.g. 'OUT_OF_RANGE: Error opening
+# "zarr" driver: Error reading "params.x/.zarray" in OCDBT database at local file "…"'.
+_TENSORSTORE_READ = re.compile(r'^[A-Z_]+: .*(in OCDBT database|Error opening "zarr3?" driver)')
 
 
 def _frames(tb: Any) -> list[str]:
@@ -34,6 +42,8 @@ def is_late_read_error(exc: BaseException | None, tb: Any) -> bool:
     frames = _frames(tb)
     if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
         return bool(frames) and _ASYNCIO_LOOP in frames[-1]
+    if frames and _ASYNCIO_TASKS in frames[-1] and _TENSORSTORE_READ.search(str(exc)):
+        return True
     return any(_ORBAX_READER in f for f in frames)
 
 

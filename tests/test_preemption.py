@@ -259,7 +259,12 @@ def test_late_orbax_read_errors_are_dropped_and_others_kept(via, monkeypatch):
         "site-packages", "orbax", "checkpoint", "_src", "serialization", "serialization.py"
     )
     late = _traceback_from(orbax_file, ValueError("DATA_LOSS: late read error"))
+    # A tensorstore read awaited directly by an asyncio task: the traceback is asyncio's task wrapper only.
+    tasks_file = os.path.join("lib", "python3.11", "asyncio", "tasks.py")
+    read = 'OUT_OF_RANGE: Error opening "zarr" driver: Error reading "params.x/.zarray" in OCDBT database at …'
+    late_task = _traceback_from(tasks_file, ValueError(read))
     ours = _traceback_from(os.path.join("ncsn_jax", "train.py"), ValueError("a real error"))
+    other_task = _traceback_from(tasks_file, ValueError("a real error in another task"))
     seen = []
     monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(u.exc_value))  # restored after the test
     orbax_read_errors.install()  # wraps the recording hook
@@ -269,12 +274,12 @@ def test_late_orbax_read_errors_are_dropped_and_others_kept(via, monkeypatch):
         logger = logging.getLogger("asyncio")
         logger.addHandler(handler)
         try:
-            for exc_info in (late, ours):
+            for exc_info in (late, late_task, ours, other_task):
                 logger.error("Task exception was never retrieved", exc_info=exc_info)
         finally:
             logger.removeHandler(handler)
     else:
-        for _, exc, tb in (late, ours):
+        for _, exc, tb in (late, late_task, ours, other_task):
             fields = dict(exc_type=type(exc), exc_value=exc, exc_traceback=tb, err_msg=None, object=None)
             sys.unraisablehook(type("Unraisable", (), fields))
-    assert seen == [ours[1]]
+    assert seen == [ours[1], other_task[1]]
