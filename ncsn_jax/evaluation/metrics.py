@@ -48,9 +48,9 @@ def frechet_distance(
     """Fréchet distance ``‖μ₁ − μ₂‖² + Tr(Σ₁ + Σ₂ − 2 (Σ₁ Σ₂)^{1/2})`` between N(μ₁, Σ₁) and N(μ₂, Σ₂).
 
     Follows pytorch-fid's ``calculate_frechet_distance`` (Dougal Sutherland's stable version) step for step:
-    ``scipy.linalg.sqrtm(Σ₁ Σ₂)``; if that square root is not finite (a singular product), ``eps·I`` is added to
-    both covariances and the root taken again; a complex root whose diagonal has imaginary parts within 1e-3
-    of zero keeps its real part, larger imaginary parts are an error. All arithmetic in float64.
+    ``scipy.linalg.sqrtm(Σ₁ Σ₂)``; if that square root is not finite (a singular product), ``eps·I`` is added
+    to both covariances and the root taken again; a complex root whose diagonal has imaginary parts within
+    1e-3 of zero keeps its real part, larger imaginary parts are an error. All arithmetic in float64.
 
     Raises:
         ValueError: shapes disagree, or the square root has a large imaginary component.
@@ -182,8 +182,8 @@ class FeatureStatistics:
 
     With ``keep > 0`` it also keeps a uniform random subset of ``keep`` feature vectors for KID (reservoir
     sampling, algorithm R, from ``seed``): the first ``keep`` vectors, then vector ``t`` (0-based) replaces
-    slot ``j ~ U{0..t}`` when ``j < keep``. The subset depends on the order of the vectors and the seed, not on
-    how they were cut into batches. The state (random generator included) is saved by :meth:`save`, so an
+    slot ``j ~ U{0..t}`` when ``j < keep``. The subset depends on the order of the vectors and the seed, not
+    on how they were cut into batches. The state (random generator included) is saved by :meth:`save`, so an
     accumulation can be continued after :meth:`load`.
     """
 
