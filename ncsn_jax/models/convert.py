@@ -23,7 +23,7 @@ or ``[model_state, optimizer_state]`` of NCSN. It needs PyTorch, imported only t
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax
@@ -91,18 +91,24 @@ def strip_module_prefix(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return stripped
 
 
-def map_state_dict(state_dict: Mapping[str, Any], target: Any) -> tuple[Any, dict[str, np.ndarray]]:
+def map_state_dict(
+    state_dict: Mapping[str, Any],
+    target: Any,
+    key_fn: Callable[[tuple[str, ...]], str] = torch_key,
+) -> tuple[Any, dict[str, np.ndarray]]:
     """Maps ``state_dict`` onto the parameter tree ``target`` (arrays or ``ShapeDtypeStruct``s).
 
-    Returns ``(params, leftover)``: the filled tree (float32 jax arrays in ``target``'s dtypes) and the
-    entries no parameter used (the caller decides which of those are acceptable buffers). Raises
-    :class:`~ncsn_jax.errors.UserError` listing every missing key and every shape mismatch.
+    ``key_fn`` names the state-dict key of each Flax parameter path (default :func:`torch_key`, the naming
+    of the score networks). Returns ``(params, leftover)``: the filled tree (float32 jax arrays in
+    ``target``'s dtypes) and the entries no parameter used (the caller decides which of those are
+    acceptable buffers). Raises :class:`~ncsn_jax.errors.UserError` listing every missing key and every
+    shape mismatch.
     """
     source = strip_module_prefix(state_dict)
     flat_target = flax.traverse_util.flatten_dict(flax.core.unfreeze(target))
     by_key: dict[str, tuple[str, ...]] = {}
     for path in flat_target:
-        key = torch_key(path)
+        key = key_fn(path)
         if key in by_key:  # two Flax parameters claiming one torch key: a naming bug, never the user's
             raise AssertionError(f"Flax parameters {by_key[key]} and {path} both map to torch key {key!r}.")
         by_key[key] = path
