@@ -54,8 +54,10 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec
 
 __all__ = [
+    "EXACT_SM_MAX_JACOBIAN_ENTRIES",
     "PROJECTIONS",
     "LOSSES",
+    "check_exact_affordable",
     "exact_score_matching",
     "hutchinson_trace",
     "sliced_score_matching",
@@ -73,6 +75,12 @@ Projection = Literal["rademacher", "gaussian", "sphere"]
 
 PROJECTIONS: tuple[str, ...] = ("rademacher", "gaussian", "sphere")
 """Valid ``projection`` names; each distribution has ``E[vvᵀ] = I``."""
+
+EXACT_SM_MAX_JACOBIAN_ENTRIES: int = 2**27
+"""Budget of exact score matching: the most per-example Jacobian entries ``B·D²`` one loss evaluation may form
+(2**27 ≈ 1.3e8, 512 MiB in float32 for the Jacobian alone; its gradient and the D tangent copies of every
+activation come on top). Batch 128 of 784-dimensional data (MNIST) fits; batch 128 at D = 3072 (CIFAR-10)
+needs 9× the budget, and D forward passes per step on top."""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -160,13 +168,37 @@ def _jvp_with_projections(fn: ScoreFn, x: Array, v: Array) -> tuple[Array, Array
     return fx[0], jv
 
 
+def check_exact_affordable(batch_shape: tuple[int, ...]) -> None:
+    """Raises ``ValueError`` when exact score matching of a ``(B, *dims)`` batch would form more than
+    ``EXACT_SM_MAX_JACOBIAN_ENTRIES`` Jacobian entries ``B·D²``, ``D = prod(dims)``.
+
+    The exact losses call it while tracing (shapes are static), so the error comes before XLA compiles or
+    allocates anything; a training loop may call it with the global batch shape before building its step.
+    """
+    batch, dim = int(batch_shape[0]), math.prod(batch_shape[1:])
+    entries = batch * dim * dim
+    if entries > EXACT_SM_MAX_JACOBIAN_ENTRIES:
+        largest_batch = EXACT_SM_MAX_JACOBIAN_ENTRIES // (dim * dim)
+        fix = f"or a batch of at most {largest_batch}" if largest_batch else "a batch cannot make it fit"
+        raise ValueError(
+            f"Exact score matching forms the full per-example Jacobian: B·D² = {batch}·{dim}² = "
+            f"{entries:.3g} entries ({4 * entries / 2**30:.3g} GiB in float32), over the budget "
+            f"losses.EXACT_SM_MAX_JACOBIAN_ENTRIES = {EXACT_SM_MAX_JACOBIAN_ENTRIES:.3g}, and costs D = {dim} "
+            f"forward passes per step. Use loss 'ssm_vr' (sliced score matching with variance reduction: the "
+            f"same objective in expectation at the cost of about two forward passes, for any D) or 'dsm' "
+            f"({fix})."
+        )
+
+
 def _score_and_exact_trace(score_fn: ScoreFn, x: Array) -> tuple[Array, Array]:
     """``(s(x), tr ∇ₓ s(x))`` per example, the trace from the full per-example Jacobian in forward mode.
 
     The D columns ``∇ₓs(x_b) e_d`` of every example's Jacobian come from D ``jax.jvp`` calls with the standard
     basis tangents ``e_d`` (what ``jax.jacfwd`` does), vectorised over d on the whole batch: ``score_fn`` sees
-    the batch as it is (shape and sharding), and the score itself is computed once. Memory ``B·D²``.
+    the batch as it is (shape and sharding), and the score itself is computed once. Memory ``B·D²``: a batch
+    over ``EXACT_SM_MAX_JACOBIAN_ENTRIES`` raises ``ValueError`` (``check_exact_affordable``) at trace time.
     """
+    check_exact_affordable(x.shape)
     dims = x.shape[1:]
     dim = math.prod(dims)
     basis = jnp.eye(dim, dtype=x.dtype).reshape((dim, 1) + dims)  # e_d, broadcast over the batch
@@ -233,6 +265,9 @@ def exact_score_matching(score_fn: ScoreFn, x: Array) -> tuple[Array, LossAux]:
 
     Returns:
       ``(loss, aux)``: ``loss`` the scalar mean of ℓ; ``aux = {"per_example_loss": (B,) ℓ}``.
+
+    Raises:
+      ValueError: ``B·D² > EXACT_SM_MAX_JACOBIAN_ENTRIES`` (``check_exact_affordable``), at trace time.
     """
     _check_batch(x)
     dtype = _compute_dtype(x)
@@ -459,8 +494,12 @@ def annealed_exact_score_matching(
 
     Returns:
       ``(loss, aux)``: ``loss = mean_b ℓ``; ``aux = {"per_example_loss": (B,) ℓ, "sigma_idx": (B,) int32}``.
+
+    Raises:
+      ValueError: ``B·D² > EXACT_SM_MAX_JACOBIAN_ENTRIES`` (``check_exact_affordable``), at trace time.
     """
     _check_batch(x)
+    check_exact_affordable(x.shape)
     x_tilde, _, sigma, sigma_idx, _ = _perturb(x, sigmas, key)
     s, trace = _score_and_exact_trace(_conditioned(score_fn, sigma), x_tilde)
     chex.assert_equal_shape([s, x])
@@ -500,14 +539,14 @@ _OPTIONS = ("anneal_power", "n_projections", "projection")
 def get_loss_fn(name: str, **options: Any) -> LossFn:
     """The noise-conditional objective called ``name``, as ``loss_fn(score_fn, x, sigmas, key) -> (loss, aux)``.
 
-    ========  ==========================================================================
+    ========  ============================================================================
     name      objective
-    ========  ==========================================================================
+    ========  ============================================================================
     "dsm"     ``denoising_score_matching``
     "ssm"     ``annealed_sliced_score_matching(variance_reduction=False)``
     "ssm_vr"  ``annealed_sliced_score_matching(variance_reduction=True)``
-    "exact"   ``annealed_exact_score_matching`` (small D only)
-    ========  ==========================================================================
+    "exact"   ``annealed_exact_score_matching`` (``B·D² ≤ EXACT_SM_MAX_JACOBIAN_ENTRIES``)
+    ========  ============================================================================
 
     Args:
       name: one of ``LOSSES``.

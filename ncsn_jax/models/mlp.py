@@ -1,8 +1,9 @@
 """A noise-conditional MLP score network for low-dimensional data (the 2-D toy mixture, small-D tests).
 
-``x`` is (B, D) (any (B, *dims) is flattened and the output reshaped back), ``sigma`` is (B,). Both modes
-parametrise the score as ``s(x, sigma) = f(x, sigma) / sigma``: with DSM's weighting lambda = sigma^2 the
-regression target of ``f`` is ``-z ~ N(0, I)`` at every level, so ``f`` works at unit scale throughout.
+``x`` is (B, D) (any (B, *dims) is flattened and the output reshaped back), ``sigma`` is (B,). The two
+noise-conditional modes parametrise the score as ``s(x, sigma) = f(x, sigma) / sigma``: with DSM's weighting
+lambda = sigma^2 the regression target of ``f`` is ``-z ~ N(0, I)`` at every level, so ``f`` works at unit
+scale throughout.
 
 ``sigma_conditioning``:
 
@@ -13,6 +14,10 @@ regression target of ``f`` is ``-z ~ N(0, I)`` at every level, so ``f`` works at
   that embedding is also added (through its own Dense projection) to every hidden layer's pre-activation.
 * ``"scale"`` — NCSNv2's technique 3: ``f(x)`` does not see sigma at all (input ``x`` as is), so
   ``s(x, sigma) * sigma`` is independent of sigma exactly.
+* ``"none"`` — an unconditional score ``s(x) = f(x / data_std) / data_std``: sigma is ignored (it may be
+  ``None``). The score of data of scale ``data_std`` is of order ``1 / data_std``, so ``f`` again works at unit
+  scale. This is the model of the sliced score matching paper (Song et al. 2019): exact / sliced score
+  matching on the data itself, or any objective at a single noise level (``num_scales = 1``).
 
 Config: ``config.model.hidden_dims`` (widths), ``sigma_conditioning``, ``nonlinearity`` (``"elu"`` in
 ``configs/default.py``, which every config file inherits; any of :func:`ncsn_jax.models.layers.get_activation`),
@@ -36,7 +41,7 @@ from ncsn_jax import errors
 from ncsn_jax.models import layers, registry
 
 Dtype = Any
-SIGMA_CONDITIONINGS = ("embedding", "scale")
+SIGMA_CONDITIONINGS = ("embedding", "scale", "none")
 
 
 def log_sigma_features(sigma: jax.Array, num_frequencies: int) -> jax.Array:
@@ -48,7 +53,8 @@ def log_sigma_features(sigma: jax.Array, num_frequencies: int) -> jax.Array:
 
 
 class NoiseConditionalMLP(nn.Module):
-    """``s(x, sigma) = f(x, sigma) / sigma`` with an MLP ``f``; see the module docstring."""
+    """``s(x, sigma) = f(x, sigma) / sigma`` with an MLP ``f`` (unconditional ``f(x / data_std) / data_std`` for
+    ``sigma_conditioning="none"``); see the module docstring."""
 
     hidden_dims: Sequence[int] = (128, 128, 128)
     sigma_conditioning: str = "embedding"
@@ -59,7 +65,7 @@ class NoiseConditionalMLP(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, sigma: jax.Array | float) -> jax.Array:
+    def __call__(self, x: jax.Array, sigma: jax.Array | float | None = None) -> jax.Array:
         if self.sigma_conditioning not in SIGMA_CONDITIONINGS:
             raise errors.UserError(
                 f"Unknown config.model.sigma_conditioning {self.sigma_conditioning!r}; "
@@ -67,8 +73,15 @@ class NoiseConditionalMLP(nn.Module):
             )
         chex.assert_rank(x, {2, 3, 4})
         batch, data_shape = x.shape[0], x.shape[1:]
-        sigma = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32), (batch,))
         h = x.reshape(batch, -1).astype(jnp.float32)
+        if self.sigma_conditioning == "none":  # unconditional: s(x) = f(x / data_std) / data_std
+            h = h / self.data_std
+            output_scale = jnp.full((batch,), self.data_std, jnp.float32)
+        elif sigma is None:
+            raise ValueError(f"sigma_conditioning={self.sigma_conditioning!r} needs sigma; got None.")
+        else:
+            sigma = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32), (batch,))
+            output_scale = sigma  # s = f / sigma
         act = layers.get_activation(self.nonlinearity)
         dense = lambda features, name, **kw: nn.Dense(
             features, dtype=self.dtype, param_dtype=self.param_dtype, name=name, **kw
@@ -92,7 +105,7 @@ class NoiseConditionalMLP(nn.Module):
         f = dense(math.prod(data_shape), "output", kernel_init=jax.nn.initializers.zeros)(h).astype(
             jnp.float32
         )
-        return (f / sigma[:, None]).reshape(batch, *data_shape)
+        return (f / output_scale[:, None]).reshape(batch, *data_shape)
 
 
 @registry.register("mlp")

@@ -1,0 +1,27 @@
+"""Per-compilation XLA options: on the CPU, convolutions run on Eigen instead of YNNPACK.
+
+jax 0.10's XLA:CPU sends convolutions and dots to YNNPACK fusions. For the convolutions of NCSN / NCSNv2 its
+weight-gradient kernels are slow: 3×3, 128 channels at 32×32, batch 128, one thread: 1.85 s against 0.53 s with
+Eigen's spatial convolution and 0.37 s in PyTorch (oneDNN); forward and input gradient are also 10-25% faster on
+Eigen (``benchmarks/cpu_train_step.py --micro``, benchmarks/README.md). ``xla_cpu_experimental_ynn_fusion_type``
+keeps YNNPACK for the dots only. The option is set per compilation (``jax.jit(..., compiler_options=...)``), so
+it needs no ``XLA_FLAGS`` and leaves every other backend alone. Numbers change only by float32 rounding
+(another summation order).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+CPU_EIGEN_CONVOLUTIONS: dict[str, Any] = {
+    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
+}
+"""XLA debug options that leave only the dots on YNNPACK (convolutions go to Eigen)."""
+
+
+def for_backend(backend: str | None = None) -> dict[str, Any] | None:
+    """``compiler_options`` for ``jax.jit`` on ``backend`` (default: JAX's default backend): the CPU options
+    above, ``None`` elsewhere."""
+    return dict(CPU_EIGEN_CONVOLUTIONS) if (backend or jax.default_backend()) == "cpu" else None
