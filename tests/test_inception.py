@@ -21,6 +21,7 @@ import sys
 import numpy as np
 import pytest
 
+from ncsn_jax import errors
 from ncsn_jax.evaluation import inception
 from ncsn_jax.models import convert as convert_lib
 
@@ -190,7 +191,7 @@ def test_weights_file_round_trip_and_errors(tmp_path):
         {"fc.weight": np.zeros((1000, 2048), np.float32)}
     )  # torchvision's 1000 classes
     assert "AuxLogits.fc.weight" in broken({"AuxLogits.fc.weight": np.zeros((1008, 768), np.float32)})
-    with pytest.raises(ValueError, match="Conv2d_1a_3x3.conv.weight"):
+    with pytest.raises(errors.UserError, match="Conv2d_1a_3x3.conv.weight"):
         inception.save_weights({k: v for k, v in state.items() if k != "Conv2d_1a_3x3.conv.weight"}, path)
 
 
@@ -198,13 +199,13 @@ def test_converter_rejects_files_that_are_not_the_inception_state_dict(tmp_path)
     torch = pytest.importorskip("torch")
     from ncsn_jax.evaluation import convert_inception  # pylint: disable=g-import-not-at-top
 
-    with pytest.raises(FileNotFoundError, match=inception.FID_WEIGHTS_URL):
+    with pytest.raises(errors.UserError, match=inception.FID_WEIGHTS_URL):
         convert_inception.convert(str(tmp_path / "missing.pth"), str(tmp_path / "out.npz"))
     torch.save({"conv.weight": torch.zeros(3, 3)}, tmp_path / "other.pth")
-    with pytest.raises(ValueError, match="Conv2d_1a_3x3.conv.weight"):
+    with pytest.raises(errors.UserError, match="Conv2d_1a_3x3.conv.weight"):
         convert_inception.convert(str(tmp_path / "other.pth"), str(tmp_path / "out.npz"))
     torch.save([{"conv.weight": torch.zeros(3, 3)}, {"state": {}}, 1, 10], tmp_path / "train.pth")
-    with pytest.raises(ValueError, match="training checkpoint"):
+    with pytest.raises(errors.UserError, match="training checkpoint"):
         convert_inception.convert(str(tmp_path / "train.pth"), str(tmp_path / "out.npz"))
     assert not (tmp_path / "out.npz").exists()
 
@@ -214,6 +215,7 @@ DEVICES_SCRIPT = """
 import sys
 import jax, numpy as np
 from ncsn_jax import parallel
+from ncsn_jax import errors
 from ncsn_jax.evaluation import inception
 weights, out = sys.argv[1:]
 images = np.random.default_rng(1).integers(0, 256, size=(5, 16, 16, 1), dtype=np.uint8)

@@ -16,7 +16,7 @@ import os
 
 from absl import app, flags
 
-from ncsn_jax import cli_errors
+from ncsn_jax import cli_errors, errors
 from ncsn_jax.evaluation import inception
 
 FLAGS = flags.FLAGS
@@ -31,31 +31,31 @@ def convert(pth: str, out: str) -> dict:
 
     Raises:
         FileNotFoundError: ``pth`` is not a file.
-        ValueError: ``pth`` is not a readable state dict of the FID Inception network.
+        UserError: ``pth`` is not a readable state dict of the FID Inception network.
         ImportError: PyTorch cannot be imported (the message says how to install it).
     """
     from ncsn_jax.models import convert as convert_lib  # pylint: disable=g-import-not-at-top
 
     if not os.path.isfile(pth):
-        raise FileNotFoundError(
+        raise errors.UserError(
             f"--pth={pth} does not exist. Download pytorch-fid's weights from {inception.FID_WEIGHTS_URL}"
         )
     try:
         loaded = convert_lib.load_torch_checkpoint(pth)
     except ImportError:
         raise
-    except ValueError as e:
-        raise ValueError(f"--pth={pth} is not pytorch-fid's Inception state dict: {e}") from None
+    except (ValueError, errors.UserError) as e:
+        raise errors.UserError(f"--pth={pth} is not pytorch-fid's Inception state dict: {e}") from None
     except Exception as e:  # pylint: disable=broad-except  (torch.load: pickle / zip / format errors)
-        raise ValueError(
+        raise errors.UserError(
             f"--pth={pth} is not a readable PyTorch checkpoint ({type(e).__name__}: {str(e)[:200]})."
         ) from e
     if loaded["optimizer"] is not None or loaded["step"] is not None:
-        raise ValueError(f"--pth={pth} is a training checkpoint, not pytorch-fid's Inception state dict.")
+        raise errors.UserError(f"--pth={pth} is a training checkpoint, not pytorch-fid's Inception state dict.")
     try:
         return inception.save_weights(loaded["model"], out, source=pth)
-    except ValueError as e:
-        raise ValueError(f"--pth={pth} does not fit the FID Inception network: {e}") from None
+    except errors.UserError as e:
+        raise errors.UserError(f"--pth={pth} does not fit the FID Inception network: {e}") from None
 
 
 def main(argv: list[str]) -> None:

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from ncsn_jax import parallel
+from ncsn_jax import errors, parallel
 from ncsn_jax.models import convert as convert_lib
 
 FID_WEIGHTS_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
@@ -62,7 +62,7 @@ IGNORED_BUFFER_SUFFIXES = ("num_batches_tracked",)
 Padding = tuple[int, int]
 
 
-class InceptionWeightsError(ValueError):
+class InceptionWeightsError(errors.UserError):
     """The FID Inception weights file is missing or is not a converted pytorch-fid checkpoint."""
 
 
@@ -335,7 +335,7 @@ def params_from_state_dict(state_dict: Mapping[str, Any]) -> Any:
     ``num_batches_tracked`` buffers are ignored; any other entry is an error.
 
     Raises:
-        ValueError: naming every missing, mis-shaped or unexpected entry.
+        UserError: naming every missing, mis-shaped or unexpected entry.
     """
     params, leftover = convert_lib.map_state_dict(state_dict, abstract_params(), key_fn=state_dict_key)
     unexpected = [
@@ -344,7 +344,7 @@ def params_from_state_dict(state_dict: Mapping[str, Any]) -> Any:
         if not key.endswith(IGNORED_BUFFER_SUFFIXES)
     ]
     if unexpected:
-        raise ValueError(
+        raise errors.UserError(
             f"{len(unexpected)} entr{'y' if len(unexpected) == 1 else 'ies'} not used by the FID Inception "
             f"network: {'; '.join(unexpected)}"
         )
@@ -417,7 +417,7 @@ def load_weights(path: str) -> tuple[Any, dict[str, Any]]:
         )
     try:
         params = params_from_state_dict(arrays)
-    except ValueError as e:
+    except errors.UserError as e:
         raise InceptionWeightsError(
             f"{path} does not fit the FID Inception network: {e}. {how_to_get_weights(path)}"
         ) from None
