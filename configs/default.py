@@ -44,7 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
     model.nonlinearity = "elu"
     # Only for name="mlp":
     model.hidden_dims = (128, 128, 128)
-    model.sigma_conditioning = "embedding"  # embedding (of log sigma) | scale (NCSNv2's f(x) / sigma)
+    model.sigma_conditioning = "embedding"  # embedding (log sigma) | scale (f(x)/sigma) | none (num_scales=1)
     model.data_std = 1.0  # typical per-coordinate scale of the data (input rescaling of the MLP)
 
     # ---- training ---------------------------------------------------------------------------------------

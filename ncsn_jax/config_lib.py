@@ -93,10 +93,29 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check_number_or_auto("model.sigma_max", config.model.sigma_max)
     _check_number_or_auto("model.num_scales", config.model.num_scales)
     _check_number_or_auto("sampling.step_lr", config.sampling.step_lr)
-    if not is_auto(config.model.sigma_max) and not config.model.sigma_max > config.model.sigma_min > 0:
+    single_level = not is_auto(config.model.num_scales) and config.model.num_scales == 1
+    if single_level:
+        if is_auto(config.model.sigma_max) or not config.model.sigma_max == config.model.sigma_min > 0:
+            raise errors.UserError(
+                "config.model.num_scales=1 trains at a single noise level: set config.model.sigma_max equal to "
+                f"config.model.sigma_min (> 0); got {config.model.sigma_max} and {config.model.sigma_min}."
+            )
+        if is_auto(config.sampling.step_lr):
+            raise errors.UserError(
+                "config.sampling.step_lr='auto' (technique 4) needs a geometric schedule of >= 2 levels; "
+                "set a number for config.model.num_scales=1."
+            )
+    elif not is_auto(config.model.sigma_max) and not config.model.sigma_max > config.model.sigma_min > 0:
         raise errors.UserError(
             f"Need config.model.sigma_max > config.model.sigma_min > 0, got "
-            f"{config.model.sigma_max} and {config.model.sigma_min}."
+            f"{config.model.sigma_max} and {config.model.sigma_min} (or config.model.num_scales=1 with "
+            "sigma_max == sigma_min for a single noise level)."
+        )
+    if config.model.name == "mlp" and config.model.get("sigma_conditioning") == "none" and not single_level:
+        raise errors.UserError(
+            "config.model.sigma_conditioning='none' is an unconditional network: it cannot tell noise levels "
+            "apart, so it needs config.model.num_scales=1 (one level, sigma_max == sigma_min); use 'embedding' "
+            "or 'scale' for several levels."
         )
     if not is_auto(config.model.num_scales) and (
         int(config.model.num_scales) != config.model.num_scales or config.model.num_scales < 1

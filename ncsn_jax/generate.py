@@ -33,6 +33,7 @@ from absl import logging
 
 from ncsn_jax import (
     checkpointing,
+    compiler_options,
     config_lib,
     datasets,
     errors,
@@ -214,7 +215,7 @@ def draw_samples(
             )
         return sampling.annealed_langevin_dynamics(score_fn, x_init, sigmas, chain_key, **options)
 
-    out = jax.jit(run)(params, x_init, chain_key, extra)
+    out = jax.jit(run, compiler_options=compiler_options.for_backend())(params, x_init, chain_key, extra)
     samples = parallel.to_host(out.samples).reshape(-1, *example_shape)
     trajectory = None
     if out.trajectory is not None:

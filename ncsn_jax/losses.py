@@ -53,6 +53,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec
 
+from ncsn_jax import errors
+
 __all__ = [
     "EXACT_SM_MAX_JACOBIAN_ENTRIES",
     "PROJECTIONS",
@@ -169,7 +171,7 @@ def _jvp_with_projections(fn: ScoreFn, x: Array, v: Array) -> tuple[Array, Array
 
 
 def check_exact_affordable(batch_shape: tuple[int, ...]) -> None:
-    """Raises ``ValueError`` when exact score matching of a ``(B, *dims)`` batch would form more than
+    """Raises :class:`~ncsn_jax.errors.UserError` when exact score matching of a ``(B, *dims)`` batch would form more than
     ``EXACT_SM_MAX_JACOBIAN_ENTRIES`` Jacobian entries ``B·D²``, ``D = prod(dims)``.
 
     The exact losses call it while tracing (shapes are static), so the error comes before XLA compiles or
@@ -180,7 +182,7 @@ def check_exact_affordable(batch_shape: tuple[int, ...]) -> None:
     if entries > EXACT_SM_MAX_JACOBIAN_ENTRIES:
         largest_batch = EXACT_SM_MAX_JACOBIAN_ENTRIES // (dim * dim)
         fix = f"or a batch of at most {largest_batch}" if largest_batch else "a batch cannot make it fit"
-        raise ValueError(
+        raise errors.UserError(
             f"Exact score matching forms the full per-example Jacobian: B·D² = {batch}·{dim}² = "
             f"{entries:.3g} entries ({4 * entries / 2**30:.3g} GiB in float32), over the budget "
             f"losses.EXACT_SM_MAX_JACOBIAN_ENTRIES = {EXACT_SM_MAX_JACOBIAN_ENTRIES:.3g}, and costs D = {dim} "
@@ -196,7 +198,7 @@ def _score_and_exact_trace(score_fn: ScoreFn, x: Array) -> tuple[Array, Array]:
     The D columns ``∇ₓs(x_b) e_d`` of every example's Jacobian come from D ``jax.jvp`` calls with the standard
     basis tangents ``e_d`` (what ``jax.jacfwd`` does), vectorised over d on the whole batch: ``score_fn`` sees
     the batch as it is (shape and sharding), and the score itself is computed once. Memory ``B·D²``: a batch
-    over ``EXACT_SM_MAX_JACOBIAN_ENTRIES`` raises ``ValueError`` (``check_exact_affordable``) at trace time.
+    over ``EXACT_SM_MAX_JACOBIAN_ENTRIES`` raises ``UserError`` (``check_exact_affordable``) at trace time.
     """
     check_exact_affordable(x.shape)
     dims = x.shape[1:]
@@ -267,7 +269,7 @@ def exact_score_matching(score_fn: ScoreFn, x: Array) -> tuple[Array, LossAux]:
       ``(loss, aux)``: ``loss`` the scalar mean of ℓ; ``aux = {"per_example_loss": (B,) ℓ}``.
 
     Raises:
-      ValueError: ``B·D² > EXACT_SM_MAX_JACOBIAN_ENTRIES`` (``check_exact_affordable``), at trace time.
+      UserError: ``B·D² > EXACT_SM_MAX_JACOBIAN_ENTRIES`` (``check_exact_affordable``), at trace time.
     """
     _check_batch(x)
     dtype = _compute_dtype(x)
@@ -496,7 +498,7 @@ def annealed_exact_score_matching(
       ``(loss, aux)``: ``loss = mean_b ℓ``; ``aux = {"per_example_loss": (B,) ℓ, "sigma_idx": (B,) int32}``.
 
     Raises:
-      ValueError: ``B·D² > EXACT_SM_MAX_JACOBIAN_ENTRIES`` (``check_exact_affordable``), at trace time.
+      UserError: ``B·D² > EXACT_SM_MAX_JACOBIAN_ENTRIES`` (``check_exact_affordable``), at trace time.
     """
     _check_batch(x)
     check_exact_affordable(x.shape)

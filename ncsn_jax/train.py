@@ -40,6 +40,7 @@ from absl import logging
 
 from ncsn_jax import (
     checkpointing,
+    compiler_options,
     config_lib,
     datasets,
     errors,
@@ -158,6 +159,7 @@ def compile_train_step(
         in_shardings=(replicated, parallel.batch_sharded(mesh, leading_axes=1)),
         out_shardings=(replicated, replicated),
         donate_argnums=(0,),
+        compiler_options=compiler_options.for_backend(),
     )
 
 
@@ -190,6 +192,8 @@ class Trainer:
         """Build everything from ``config`` (its "auto" fields resolved); ``mesh`` defaults to all devices."""
         sigmas = jnp.asarray(config_lib.sigmas(config))
         model = models.create(config)
+        if config.training.loss == "exact":  # before the state is initialised or anything compiled
+            losses.check_exact_affordable((config.training.batch_size, *example_shape))
         optimizer = create_optimizer(config.optim)
         mesh = parallel.create_mesh() if mesh is None else mesh
         return cls(

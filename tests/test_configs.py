@@ -21,7 +21,7 @@ import numpy as np
 import optax
 import pytest
 
-from ncsn_jax import checkpointing, config_lib, generate, models, noise, train, train_state
+from ncsn_jax import checkpointing, config_lib, errors, generate, models, noise, train, train_state
 from tests.helpers import REPO, sample_dir
 
 CONFIG_NAMES = sorted(
@@ -103,6 +103,24 @@ def test_config_loads_validates_and_builds(name):
     # Experiment files only override configs/default.py: no field is added (a typo) or lost.
     assert field_names(config) == field_names(load_config("default"))
     assert isinstance(models.create(config), nn.Module)
+
+
+def test_single_noise_level_needs_equal_sigmas_a_number_for_step_lr_and_unconditional_needs_one_level():
+    config = load_config("toy_single_sigma")
+    config_lib.validate(config)  # num_scales=1, sigma_max == sigma_min, unconditional MLP
+    assert config_lib.sigmas(config).tolist() == [0.5]
+    with config.unlocked():
+        config.model.sigma_max = 1.0
+    with pytest.raises(errors.UserError, match="sigma_max equal to"):
+        config_lib.validate(config)
+    config = load_config("toy_single_sigma")
+    config.sampling.step_lr = "auto"
+    with pytest.raises(errors.UserError, match="needs a geometric schedule"):
+        config_lib.validate(config)
+    config = load_config("toy")
+    config.model.sigma_conditioning = "none"  # ten levels, but a network that cannot tell them apart
+    with pytest.raises(errors.UserError, match="unconditional network"):
+        config_lib.validate(config)
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from configs import digits, toy
-from ncsn_jax import config_lib, datasets, generate, losses, mixtures, models, train
+from ncsn_jax import config_lib, errors, datasets, generate, losses, mixtures, models, train
 
 ESTIMATORS = ("exact", "ssm", "ssm_vr", "dsm")
 
@@ -225,28 +225,25 @@ def test_exact_budget_boundary():
     dim = 784
     largest = budget // dim**2
     losses.check_exact_affordable((largest, dim))
-    with pytest.raises(ValueError, match="ssm_vr") as error:
+    with pytest.raises(errors.UserError, match="ssm_vr") as error:
         losses.check_exact_affordable((largest + 1, 28, 28, 1))
     assert f"batch of at most {largest}" in str(error.value)
 
 
 def test_exact_loss_over_budget_stops_before_compiling_naming_ssm_vr():
-    """CIFAR-sized vectors (D = 3072) at batch 128: B·D² = 1.2e9 > 2**27. The train step fails while tracing
-    (``.lower`` never reaches XLA), with the message naming the remedy."""
+    """CIFAR-sized vectors (D = 3072) at batch 128: B·D² = 1.2e9 > 2**27. Building the trainer fails before
+    any state is initialised or step traced, with the message naming the remedy."""
     config = toy.get_config()
     config.training.loss = "exact"
     config.training.batch_size = 128
-    trainer = train.Trainer.create(config, (3072,))
-    abstract_state = trainer.abstract_state()
-    batch = jax.ShapeDtypeStruct((1, 128, 3072), jnp.float32)
-    with pytest.raises(ValueError, match=r"B·D² = 128·3072².*'ssm_vr'"):
-        trainer.multi_step.lower(abstract_state, batch)
+    with pytest.raises(errors.UserError, match=r"B·D² = 128·3072².*'ssm_vr'"):
+        train.Trainer.create(config, (3072,))
     # The loss function alone, traced abstractly: the same error, and none at an affordable size.
     score_fn = lambda x, sigma: -x / sigma[:, None] ** 2
     loss_fn = functools.partial(losses.get_loss_fn("exact"), score_fn)
     sigmas = jnp.array([1.0, 0.5])
     key = jax.random.PRNGKey(0)
-    with pytest.raises(ValueError, match="ssm_vr"):
+    with pytest.raises(errors.UserError, match="ssm_vr"):
         jax.eval_shape(loss_fn, jax.ShapeDtypeStruct((128, 3072), jnp.float32), sigmas, key)
     affordable = math.isqrt(losses.EXACT_SM_MAX_JACOBIAN_ENTRIES // 128)
     loss, _ = jax.eval_shape(loss_fn, jax.ShapeDtypeStruct((128, affordable), jnp.float32), sigmas, key)
