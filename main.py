@@ -2,6 +2,8 @@
 
     python main.py --config=configs/toy.py --workdir=runs/toy --mode=train
     python main.py --config=configs/toy.py --workdir=runs/toy --mode=sample
+    python main.py --config=configs/toy.py --workdir=runs/toy --mode=eval
+    python main.py --config=configs/cifar10.py --mode=fid_stats     # once per dataset, before eval
 
 Any config field can be overridden, e.g. ``--config.training.batch_size=8``. Errors in what was asked
 (an unknown config field, a missing dataset or checkpoint, a workdir of another config, …) print one
@@ -28,8 +30,10 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and sample
 flags.DEFINE_enum(
     "mode",
     None,
-    ["train", "sample"],
-    "What to do: train (resumes if workdir has a checkpoint) or sample (from the newest checkpoint).",
+    ["train", "sample", "eval", "fid_stats"],
+    "What to do: train (resumes if workdir has a checkpoint), sample (from the newest checkpoint, or "
+    "config.sampling.checkpoint), eval (sample quality and held-out loss of config.eval.checkpoints) or "
+    "fid_stats (Inception statistics of the dataset's training split, for eval; needs no --workdir).",
 )
 flags.DEFINE_bool("debug", False, "Show Python tracebacks instead of one-line error messages.")
 flags.DEFINE_string(
@@ -43,7 +47,7 @@ flags.DEFINE_integer("process_id", None, "Multi-process runs: index of this proc
 flags.DEFINE_bool(
     "multihost", False, "Call jax.distributed.initialize() with auto-detection (TPU pods, SLURM)."
 )
-flags.mark_flags_as_required(["config", "workdir", "mode"])
+flags.mark_flags_as_required(["config", "mode"])
 
 
 def _initialize_distributed() -> None:
@@ -64,11 +68,19 @@ def main(argv: list[str]) -> None:
 
     logging_utils.quiet_library_logs()  # before JAX probes its backends
     _initialize_distributed()
-    from ncsn_jax import generate, train  # pylint: disable=g-import-not-at-top
+    from ncsn_jax import errors, evaluate, generate, train  # pylint: disable=g-import-not-at-top
 
     config = _CONFIG.value
     with cli_errors.user_errors(debug=FLAGS.debug):
-        if FLAGS.mode == "train":
+        if FLAGS.mode == "fid_stats":
+            print(f"Inception statistics written to {evaluate.compute_fid_stats(config)}")
+            return
+        if not FLAGS.workdir:
+            raise errors.UserError(f"--mode={FLAGS.mode} needs --workdir (the run's directory).")
+        if FLAGS.mode == "eval":
+            for path in evaluate.evaluate(config, FLAGS.workdir):
+                print(f"Evaluation report written to {path}")
+        elif FLAGS.mode == "train":
             train.train(config, FLAGS.workdir)
             print(f"Trained. Draw samples with:\n  {cli_errors.sample_command(sys.argv, FLAGS.workdir)}")
         else:

@@ -56,7 +56,7 @@ def get_config() -> ml_collections.ConfigDict:
     training.n_projections = 1  # sliced objectives only
     training.projection = "rademacher"
     training.log_freq = 100
-    training.eval_freq = 0  # 0: no held-out loss
+    training.eval_freq = 0  # held-out DSM loss per sigma every eval_freq steps (TensorBoard eval/); 0: never
     training.snapshot_freq = 5000  # periodic checkpoint (kept) and sample snapshot
     training.snapshot_sampling = True
     training.keep_checkpoints = 5
@@ -82,7 +82,7 @@ def get_config() -> ml_collections.ConfigDict:
     # ---- sampling ---------------------------------------------------------------------------------------
     # step_lr is in OUR convention x <- x + (a/2) s + sqrt(a) z: twice the reference code's value.
     config.sampling = sampling = ml_collections.ConfigDict()
-    sampling.method = "annealed_langevin"  # annealed_langevin | inpainting | interpolation
+    sampling.method = "annealed_langevin"  # annealed_langevin | pc | ode | inpainting | interpolation
     # --mode=sample draws the same samples for the same seed (bit for bit); another seed, new ones. Output:
     # workdir/samples/<step>/<method>-seed<seed>/.
     sampling.seed = 0
@@ -96,4 +96,31 @@ def get_config() -> ml_collections.ConfigDict:
     sampling.trajectory_every = 0  # >0: also save every k-th iterate (trajectory strip)
     sampling.n_interpolations = 15
     sampling.snapshot_batch_size = 36  # samples drawn at each training snapshot
+    # method="pc" / "ode": the VE SDE of the noise schedule (ncsn_jax.sde), started from N(0, sigma_1^2 I).
+    sampling.num_steps = 0  # SDE discretisation levels; 0: the model's own sigma table (needed by NCSN v1)
+    sampling.predictor = "reverse_diffusion"  # reverse_diffusion | ancestral | euler_maruyama | none
+    sampling.corrector = "langevin"  # langevin | none
+    sampling.snr = 0.16  # the Langevin corrector's signal-to-noise ratio (score_sde)
+    sampling.n_steps_corrector = 1
+    sampling.ode_solver = "tsit5"  # tsit5 | dopri5 (diffrax, adaptive)
+    sampling.ode_rtol = 1e-5
+    sampling.ode_atol = 1e-5
+    sampling.ode_eps = 1e-5  # the ODE stops at t = eps (sigma(eps) ~ sigma_min)
+    sampling.checkpoint = "latest"  # --mode=sample: "latest" or a checkpoint step such as "12000"
+
+    # ---- evaluation (--mode=eval, --mode=fid_stats; see ncsn_jax.evaluate) ------------------------------
+    config.eval = evaluation = ml_collections.ConfigDict()
+    evaluation.checkpoints = "latest"  # latest | all | a step "12000" | a range "5000:20000"
+    evaluation.num_samples = 50_000  # drawn with the EMA weights by config.sampling's method
+    evaluation.batch_size = 1000  # samples per round (each round is kept on disk: preemption-safe)
+    evaluation.inception_weights = "~/.cache/ncsn_jax/inception_fid.npz"  # see ncsn_jax.evaluation.inception
+    evaluation.inception_batch_size = 100
+    evaluation.stats_file = ""  # "": <data_dir>/fid_stats/<dataset>_<size>px_train.npz
+    evaluation.kid_subset = 10_000  # feature vectors kept (reference and samples) for KID
+    evaluation.loss_examples = 1000  # test examples of the held-out loss (also training.eval_freq)
+    evaluation.likelihood = False  # also bits/dim of the test split (probability-flow ODE, ncsn_jax.likelihood)
+    evaluation.likelihood_examples = 1000
+    evaluation.likelihood_batch_size = 100
+    evaluation.exact_divergence = False  # exact Jacobian trace (small D) instead of Hutchinson's estimate
+    evaluation.n_projections = 1
     return config

@@ -38,4 +38,7 @@ def get_config():
     config.sampling.step_lr = "auto"
     config.sampling.denoise = True
     config.sampling.snapshot_batch_size = 36
+    config.eval.num_samples = 1000  # the digits metric compares sets of equal size with bootstrap references
+    config.eval.batch_size = 500
+    config.eval.loss_examples = 180  # the whole test split
     return config

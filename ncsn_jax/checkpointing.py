@@ -192,6 +192,10 @@ class CheckpointStore:
             raise CheckpointNotFoundError(self._none_readable_message())
         return None
 
+    def steps(self) -> list[int]:
+        """Steps of every finalised checkpoint of either kind, ascending (readability is checked on restore)."""
+        return sorted({step for step, _ in self._candidates()})
+
     def _none_readable_message(self) -> str:
         reasons = "\n".join(f"  {self.path(s, k)}: {why}" for (s, k), why in self._unreadable.items())
         return (

@@ -30,7 +30,8 @@ from ncsn_jax import errors, losses, noise
 
 AUTO = "auto"
 CONFIG_FILE = "config.json"
-SAMPLING_METHODS = ("annealed_langevin", "inpainting", "interpolation")
+SAMPLING_METHODS = ("annealed_langevin", "pc", "ode", "inpainting", "interpolation")
+GENERATIVE_METHODS = ("annealed_langevin", "pc", "ode")  # the methods that draw samples from scratch
 SAMPLING_INITS = ("uniform", "gaussian")
 
 
@@ -67,6 +68,34 @@ def _check_model_fields(model: ml_collections.ConfigDict) -> None:
         normalization.normalization_names(),
     )
     _check_choice("model.sigma_conditioning", model.sigma_conditioning, mlp.SIGMA_CONDITIONINGS)
+
+
+def _check_sde_sampling(sampling: ml_collections.ConfigDict) -> None:
+    """The fields of ``method="pc"`` / ``"ode"`` (:mod:`ncsn_jax.sde_sampling`)."""
+    from ncsn_jax import sde_sampling  # pylint: disable=g-import-not-at-top  (imports diffrax)
+
+    _check_choice("sampling.predictor", sampling.predictor, sde_sampling.PREDICTORS)
+    _check_choice("sampling.corrector", sampling.corrector, sde_sampling.CORRECTORS)
+    _check_choice("sampling.ode_solver", sampling.ode_solver, tuple(sde_sampling.ODE_SOLVERS))
+    _require(
+        sampling.num_steps == 0 or sampling.num_steps >= 2,
+        f"config.sampling.num_steps={sampling.num_steps}: 0 (the model's own noise table) or >= 2 levels.",
+    )
+    _require(sampling.n_steps_corrector >= 1, "config.sampling.n_steps_corrector must be >= 1.")
+    _require(sampling.snr > 0, f"config.sampling.snr={sampling.snr} must be positive.")
+    for name in ("ode_rtol", "ode_atol"):
+        _require(sampling[name] > 0, f"config.sampling.{name}={sampling[name]} must be positive.")
+    _require(0 < sampling.ode_eps < 1, f"config.sampling.ode_eps={sampling.ode_eps} must lie in (0, 1).")
+
+
+def _check_evaluation(config: ml_collections.ConfigDict) -> None:
+    evaluation = config.eval
+    for name in ("num_samples", "batch_size", "inception_batch_size", "loss_examples", "n_projections"):
+        _require(evaluation[name] >= 1, f"config.eval.{name}={evaluation[name]} must be >= 1.")
+    for name in ("likelihood_examples", "likelihood_batch_size"):
+        _require(evaluation[name] >= 1, f"config.eval.{name}={evaluation[name]} must be >= 1.")
+    _require(evaluation.kid_subset >= 2, f"config.eval.kid_subset={evaluation.kid_subset} must be >= 2.")
+    _require(config.training.eval_freq >= 0, "config.training.eval_freq must be >= 0 (0: no held-out loss).")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -139,6 +168,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         config.sampling.n_interpolations >= 2,
         f"config.sampling.n_interpolations={config.sampling.n_interpolations} must be >= 2.",
     )
+    _check_sde_sampling(config.sampling)
+    _check_evaluation(config)
     for name in ("trajectory_every", "snapshot_batch_size", "seed"):
         _require(config.sampling[name] >= 0, f"config.sampling.{name}={config.sampling[name]} must be >= 0.")
     _require(

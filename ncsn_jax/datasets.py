@@ -389,6 +389,11 @@ class FiniteImageSource(DataSource):
         chex.assert_shape(batch, (stop - start, *self.example_shape))
         return batch
 
+    def raw_images(self, indices: np.ndarray) -> np.ndarray:
+        """The split's examples ``indices`` as stored (uint8 for TFDS images, after CelebA's crop and resize;
+        float32 0..16 for the digits): no dequantisation, no flip. For Inception statistics."""
+        return self._read_checked(np.asarray(indices, np.int64))
+
     def sample_examples(self, n: int, seed: int = 0) -> np.ndarray:
         n = min(int(n), self.num_examples)
         rng = np.random.default_rng([_check_seed(seed), SAMPLE_STREAM])
@@ -497,6 +502,11 @@ class _TFDSReader:
                 )
             images = list(self._pool.map(self._read_one, indices))
         return np.stack(images)
+
+
+def data_dir(config: ml_collections.ConfigDict) -> str:
+    """The folder TFDS datasets of ``config`` are read from: ``config.data.data_dir`` or TFDS's default."""
+    return os.path.expanduser(config.data.data_dir) if config.data.data_dir else _default_data_dir()
 
 
 def _default_data_dir() -> str:

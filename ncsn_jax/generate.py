@@ -44,6 +44,8 @@ from ncsn_jax import (
     plotting,
     rng,
     sampling,
+    sde,
+    sde_sampling,
     train_state,
 )
 
@@ -137,6 +139,52 @@ def _batch_size(config: ml_collections.ConfigDict, method: str, n: int) -> int:
     return n_rows
 
 
+def sampling_sde(config: ml_collections.ConfigDict, model: nn.Module, sigmas: np.ndarray) -> sde.VESDE:
+    """The VE SDE that ``method="pc"`` / ``"ode"`` run: on the model's own noise table when
+    ``config.sampling.num_steps`` is 0 (exactly its levels; NCSN v1 needs this), else ``num_steps`` levels of
+    the same σ_max → σ_min (a model that takes any σ only)."""
+    if config.sampling.num_steps == 0:
+        return sde.VESDE.from_sigmas(sigmas)
+    sde.check_continuous_sigma(model, f"config.sampling.num_steps={config.sampling.num_steps}")
+    return sde.VESDE(float(sigmas[-1]), float(sigmas[0]), int(config.sampling.num_steps))
+
+
+def _run_sde_sampler(config, model, sigmas, method: str):
+    """``run(params, x_init, chain_key, extra) -> SDESamples`` of :mod:`ncsn_jax.sde_sampling`, and its x₀."""
+    process = sampling_sde(config, model, sigmas)
+    if method == "ode":
+        sde.check_continuous_sigma(model, "config.sampling.method='ode' (the probability-flow ODE)")
+    options = config.sampling
+
+    def run(params: Any, x_init: jax.Array, chain_key: jax.Array, extra: dict[str, jax.Array]):
+        del extra
+        score_fn = models.get_score_fn(model, {"params": params})
+        if method == "ode":
+            return sde_sampling.ode_sampler(
+                score_fn,
+                process,
+                x_init,
+                rtol=options.ode_rtol,
+                atol=options.ode_atol,
+                eps=options.ode_eps,
+                solver=options.ode_solver,
+                denoise=options.denoise,
+            )
+        return sde_sampling.pc_sampler(
+            score_fn,
+            process,
+            x_init,
+            chain_key,
+            predictor=options.predictor,
+            corrector=options.corrector,
+            snr=options.snr,
+            n_steps_corrector=options.n_steps_corrector,
+            denoise=options.denoise,
+        )
+
+    return run, process
+
+
 def draw_samples(
     config: ml_collections.ConfigDict,
     model: nn.Module,
@@ -164,8 +212,10 @@ def draw_samples(
             a multiple of the device count, of ``n_interpolations`` samples each).
         example_shape: shape of one example.
         mesh: the devices to split the chains over.
-        method: ``annealed_langevin``, ``inpainting`` (``reference`` images given on the left half, see
-            :func:`inpainting_mask`) or ``interpolation`` (NCSNv2's noise interpolation).
+        method: ``annealed_langevin``, ``pc`` / ``ode`` (predictor-corrector or probability-flow ODE sampling of
+            :func:`sampling_sde`, started from its prior N(0, σ₁²I); no trajectory), ``inpainting``
+            (``reference`` images given on the left half, see :func:`inpainting_mask`) or ``interpolation``
+            (NCSNv2's noise interpolation).
         trajectory_every: keep every k-th iterate (0: none).
         reference: ``(n, *example_shape)`` images to inpaint; required for inpainting.
 
@@ -181,6 +231,15 @@ def draw_samples(
     batch = _batch_size(config, method, n)
     init_key, chain_key = jax.random.split(key)
     sharded = parallel.batch_sharded(mesh)
+    if method in ("pc", "ode"):
+        run_sde, process = _run_sde_sampler(config, model, sigmas, method)
+        x_init = jax.device_put(process.prior_sampling(init_key, (batch, *example_shape)), sharded)
+        out = jax.jit(run_sde, compiler_options=compiler_options.for_backend())(params, x_init, chain_key, {})
+        samples = parallel.to_host(out.samples)
+        logging.info("%s sampling: %d score evaluations.", method, int(out.n_evaluations))
+        level_finite = np.array([np.all(np.isfinite(samples))])  # one flag: the SDE has no level bookkeeping
+        _check_finite(samples, np.asarray(sigmas[-1:]), level_finite)
+        return sampling.SamplerOutput(samples, None, level_finite)
     x_init = jax.device_put(
         initial_samples(config, init_key, (batch, *example_shape), float(sigmas[0])), sharded
     )
@@ -351,6 +410,18 @@ def restore_for_sampling(
     return Restored(config, model, weights[which], config_lib.sigmas(config), meta)
 
 
+def checkpoint_step(spec: Any) -> int | None:
+    """``config.sampling.checkpoint``: ``"latest"`` (None: the newest readable checkpoint) or a step."""
+    text = str(spec).strip().lower()
+    if text == "latest":
+        return None
+    if text.isdigit():
+        return int(text)
+    raise errors.UserError(
+        f"config.sampling.checkpoint={spec!r}: use 'latest' or the step of a checkpoint, such as '12000'."
+    )
+
+
 def output_dir(workdir: str, step: int, config: ml_collections.ConfigDict) -> str:
     """``workdir/samples/<step>/<method>-seed<k>``: each method and seed in its own folder."""
     return os.path.join(workdir, "samples", str(step), f"{config.sampling.method}-seed{config.sampling.seed}")
@@ -359,7 +430,7 @@ def output_dir(workdir: str, step: int, config: ml_collections.ConfigDict) -> st
 def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
     """``--mode=sample``: restore, sample with ``config.sampling``, write outputs; returns the output dir."""
     method = config.sampling.method
-    restored = restore_for_sampling(config, workdir)
+    restored = restore_for_sampling(config, workdir, checkpoint_step(config.sampling.checkpoint))
     config, example_shape = restored.config, restored.example_shape
     n = config.sampling.batch_size
     _batch_size(config, method, n)  # before reading test images

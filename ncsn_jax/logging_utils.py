@@ -144,6 +144,20 @@ class MetricWriter:
                     self._writer.add_scalar(f"train_loss_per_level/{label}", float(value), step)
         self._writer.flush()
 
+    def write_eval(self, step: int, scalars: dict[str, float], per_level: dict[str, np.ndarray] | None = None,
+                   sigmas: np.ndarray | None = None) -> None:
+        """Evaluation numbers under ``eval/`` (and each per-level series under ``eval_<name>_per_level/``)."""
+        if self._writer is None:
+            return
+        logging.info("eval at step %d: %s", step, ", ".join(f"{k}={v:.5g}" for k, v in scalars.items()))
+        for name, value in scalars.items():
+            self._writer.add_scalar(f"eval/{name}", float(value), step)
+        for name, values in (per_level or {}).items():
+            for i, value in enumerate(np.asarray(values)):
+                label = f"level_{i:03d}" + (f"_sigma_{sigmas[i]:.3g}" if sigmas is not None else "")
+                self._writer.add_scalar(f"eval_{name}_per_level/{label}", float(value), step)
+        self._writer.flush()
+
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()

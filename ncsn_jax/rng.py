@@ -7,6 +7,9 @@
     train    = fold_in(root, TRAIN)                             train step t uses fold_in(train, t)
     snapshot = fold_in(fold_in(root, SNAPSHOT), step)           samples drawn at a training snapshot
     sample   = fold_in(fold_in(root, SAMPLE), sampling.seed)    --mode=sample
+    eval     = fold_in(fold_in(fold_in(root, EVAL), step), r)  round r of --mode=eval at checkpoint step
+    held_out = fold_in(root, HELD_OUT)                          the fixed noise of the held-out loss
+    metric   = fold_in(root, METRIC)                            reference draws of the toy metrics
 
 Streams are ``fold_in`` of distinct constants, so they are independent of each other and adding a stream
 changes none of the others. Training batches are drawn on the host by :mod:`ncsn_jax.datasets` from
@@ -21,6 +24,13 @@ INIT = 0
 TRAIN = 1
 SNAPSHOT = 2
 SAMPLE = 3
+EVAL = 4
+HELD_OUT = 5
+METRIC = 6
+LIKELIHOOD = 7
+
+KID_SUBSET_SEED = 0
+"""numpy seed of the random subsets of feature vectors that KID compares (reference statistics and samples)."""
 
 
 def _stream(seed: int, stream: int) -> jax.Array:
@@ -46,3 +56,24 @@ def sample_key(seed: int, sampling_seed: int) -> jax.Array:
     """Key of ``--mode=sample``: the same ``(config.seed, config.sampling.seed)`` gives the same samples,
     another ``config.sampling.seed`` new ones from the same model."""
     return jax.random.fold_in(_stream(seed, SAMPLE), sampling_seed)
+
+
+def eval_key(seed: int, step: int, round_index: int) -> jax.Array:
+    """Key of round ``round_index`` of ``--mode=eval`` at the checkpoint of ``step``: each round is a function
+    of its own index, so a resumed evaluation redraws exactly the rounds it had not finished."""
+    return jax.random.fold_in(jax.random.fold_in(_stream(seed, EVAL), step), round_index)
+
+
+def held_out_key(seed: int) -> jax.Array:
+    """Key of the fixed noise of the held-out loss (the same at every evaluation, for comparable curves)."""
+    return _stream(seed, HELD_OUT)
+
+
+def metric_key(seed: int) -> jax.Array:
+    """Key of the reference draws of a metric (fresh true samples of the toy mixture)."""
+    return _stream(seed, METRIC)
+
+
+def likelihood_key(seed: int) -> jax.Array:
+    """Key of the likelihood evaluation (Hutchinson projections, dequantisation)."""
+    return _stream(seed, LIKELIHOOD)

@@ -47,7 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ncsn_jax import noise
+from ncsn_jax import errors, noise
 
 Array = jax.Array
 NoiseConditionalScoreFn = Callable[[Array, Array], Array]
@@ -254,7 +254,7 @@ def supports_continuous_sigma(model: Any) -> bool:
 
 
 def check_continuous_sigma(model: Any, purpose: str) -> None:
-    """Raises ``ValueError`` for a model that only accepts its own σ table, where ``purpose`` needs any σ.
+    """Raises :class:`~ncsn_jax.errors.UserError` for a model that only accepts its own σ table, where ``purpose`` needs any σ.
 
     Args:
       model: the score network (a ``flax.linen.Module``).
@@ -264,7 +264,7 @@ def check_continuous_sigma(model: Any, purpose: str) -> None:
     if supports_continuous_sigma(model):
         return
     table = np.asarray(model.sigmas, np.float64)
-    raise ValueError(
+    raise errors.UserError(
         f"{purpose} evaluates the score at every σ(t) an adaptive ODE solver visits, but "
         f"{type(model).__name__} (config.model.name='ncsn', NCSN v1) is conditioned on the index of one of its "
         f"{table.size} levels ({table[0]:.4g} … {table[-1]:.4g}) and would silently use the nearest level. "

@@ -50,6 +50,7 @@ from ncsn_jax import (
     models,
     parallel,
 )
+from ncsn_jax.evaluation import held_out
 from ncsn_jax.train_state import TrainState, abstract_train_state, create_optimizer, init_train_state
 
 PyTree = Any
@@ -362,6 +363,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
         config_lib.save(config, resolved, workdir, trainer.example_shape)
 
     writer = logging_utils.MetricWriter(workdir, enabled=is_writer)
+    eval_freq = config.training.eval_freq
+    held_out_loss = (
+        held_out.HeldOutLoss.from_config(config, trainer.model, sigmas, trainer.mesh) if eval_freq else None
+    )
     n_iters = config.training.n_iters
     k = max(1, config.training.steps_per_call)
     start = int(state.step)
@@ -381,7 +386,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
 
     # Host calls end exactly on logging / checkpoint boundaries, so those happen at the same steps
     # whatever steps_per_call is.
-    boundaries = (config.training.log_freq, config.training.snapshot_freq, config.training.preemption_freq)
+    boundaries = (
+        config.training.log_freq, config.training.snapshot_freq, config.training.preemption_freq, eval_freq
+    )
     step = done = start
     try:
         n = _chunk_length(step, k, n_iters, boundaries) if step < n_iters else 0
@@ -417,6 +424,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
                     writer.write(step, last_summary, sigmas=sigmas)
                     bar.set_postfix(loss=f"{last_summary['loss']:.4g}")
                     accumulator = _MetricsAccumulator(len(sigmas))
+
+                if held_out_loss is not None and (step % eval_freq == 0 or step == n_iters):
+                    loss = held_out_loss(state.ema_params)  # the weights sampling uses
+                    writer.write_eval(
+                        step, {"held_out_loss": loss["loss"]}, {"held_out_loss": loss["per_level"]}, sigmas
+                    )
 
                 periodic = step % config.training.snapshot_freq == 0 or step == n_iters
                 if periodic or step % config.training.preemption_freq == 0:

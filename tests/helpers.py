@@ -145,3 +145,24 @@ def truncate_array_data(checkpoint_dir: str) -> None:
 def truncate_meta(checkpoint_dir: str) -> None:
     """The JSON metadata item is empty."""
     open(os.path.join(checkpoint_dir, "meta", "metadata"), "w").close()
+
+
+def random_inception_state_dict(seed: int = 0) -> dict[str, np.ndarray]:
+    """Random weights in pytorch-fid's layout (fan-in scaled convolutions, so activations stay O(1))."""
+    import flax  # pylint: disable=g-import-not-at-top
+
+    from ncsn_jax.evaluation import inception  # pylint: disable=g-import-not-at-top
+    from ncsn_jax.models import convert as convert_lib  # pylint: disable=g-import-not-at-top
+
+    rng = np.random.default_rng(seed)
+    state = {}
+    for path, leaf in flax.traverse_util.flatten_dict(inception.abstract_params()).items():
+        shape = convert_lib.flax_to_torch_shape(tuple(leaf.shape), path)
+        if path[-1] == "kernel":
+            value = rng.normal(size=shape) * np.sqrt(2.0 / np.prod(shape[1:]))
+        elif path[-1] == "var":
+            value = rng.uniform(0.5, 2.0, size=shape)
+        else:
+            value = rng.normal(scale=0.1, size=shape)
+        state[inception.state_dict_key(path)] = value.astype(np.float32)
+    return state

@@ -74,16 +74,16 @@ def trained_toy(request):
 @pytest.mark.slow
 def test_toy_estimator_recovers_mode_weights(trained_toy):
     loss, config, trainer, state = trained_toy
-    samples, _ = generate.draw_samples(
+    samples = generate.draw_samples(
         config,
-        state.ema_params,
         trainer.model,
+        state.ema_params,
         np.asarray(trainer.sigmas),
         jax.random.PRNGKey(1),
         TOY_SAMPLES,
         trainer.example_shape,
         trainer.mesh,
-    )
+    ).samples
     heavy = float(np.mean(np.asarray(mixtures.ncsn_toy_mixture().nearest_component(samples)) == 0))
     assert abs(heavy - 0.8) <= TOY_WEIGHT_TOLERANCE, (loss, heavy)
     # The samples sit on the modes (unit variance around ±5·1), not between them.

@@ -23,7 +23,7 @@ import pytest
 
 from ncsn_jax import errors
 from ncsn_jax.evaluation import inception
-from ncsn_jax.models import convert as convert_lib
+from tests.helpers import random_inception_state_dict as random_state_dict
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FID_PYTHON_ENV = "NCSN_PYTORCH_FID_PYTHON"
@@ -123,24 +123,6 @@ def test_preprocess_repeats_grayscale_and_rejects_bad_images():
     with pytest.raises(ValueError, match="uint8"):
         inception.check_images(np.zeros((1, 8, 8, 3), np.int32))
     inception.check_images(np.ones((1, 8, 8, 1), np.float32))
-
-
-def random_state_dict(seed: int = 0) -> dict[str, np.ndarray]:
-    """Random weights in pytorch-fid's layout (fan-in scaled convolutions, so activations stay O(1))."""
-    import flax  # pylint: disable=g-import-not-at-top
-
-    rng = np.random.default_rng(seed)
-    state = {}
-    for path, leaf in flax.traverse_util.flatten_dict(inception.abstract_params()).items():
-        shape = convert_lib.flax_to_torch_shape(tuple(leaf.shape), path)
-        if path[-1] == "kernel":
-            value = rng.normal(size=shape) * np.sqrt(2.0 / np.prod(shape[1:]))
-        elif path[-1] == "var":
-            value = rng.uniform(0.5, 2.0, size=shape)
-        else:
-            value = rng.normal(scale=0.1, size=shape)
-        state[inception.state_dict_key(path)] = value.astype(np.float32)
-    return state
 
 
 def test_weights_file_round_trip_and_errors(tmp_path):

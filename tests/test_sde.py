@@ -15,7 +15,7 @@ import pytest
 from jax.experimental import io_callback
 from scipy import optimize, stats
 
-from ncsn_jax import mixtures, noise
+from ncsn_jax import errors, mixtures, noise
 from ncsn_jax.likelihood import MAX_EXACT_DIVERGENCE_DIM, bits_per_dim, log_likelihood
 from ncsn_jax.models.mlp import NoiseConditionalMLP
 from ncsn_jax.models.ncsn import CondRefineNetDilated, nearest_level_index
@@ -435,7 +435,7 @@ def test_ncsn_v1_gets_a_clear_error_for_continuous_sigma_and_works_with_pc_on_it
     assert supports_continuous_sigma(NCSNv2()) and supports_continuous_sigma(NoiseConditionalMLP())
     assert not supports_continuous_sigma(ncsn_v1)
     check_continuous_sigma(NCSNv2(), "the probability-flow ODE sampler")
-    with pytest.raises(ValueError, match=r"ncsnv2.*'mlp'.*method='pc'"):
+    with pytest.raises(errors.UserError, match=r"ncsnv2.*'mlp'.*method='pc'"):
         check_continuous_sigma(ncsn_v1, "the probability-flow ODE sampler")
 
     # NCSN v1 looks σ up by its nearest level: PC on VESDE.from_sigmas only ever asks for table levels

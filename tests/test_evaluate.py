@@ -1,0 +1,204 @@
+"""--mode=fid_stats and --mode=eval: checkpoint choice, rounds kept on disk, reports, and their bad inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from configs import cifar10, toy
+from ncsn_jax import errors, evaluate, train
+from ncsn_jax.evaluation import inception, metrics
+from tests.helpers import REPO, assert_user_error, check_ok, random_inception_state_dict, run_main, subprocess_env
+
+
+def test_select_steps():
+    available = [500, 1000, 1500, 2000]
+    assert evaluate.select_steps("latest", available) == [2000]
+    assert evaluate.select_steps("all", available) == available
+    assert evaluate.select_steps("1000", available) == [1000]
+    assert evaluate.select_steps("1000:1500", available) == [1000, 1500]
+    assert evaluate.select_steps(":1000", available) == [500, 1000]
+    assert evaluate.select_steps("1200:", available) == [1500, 2000]
+    with pytest.raises(errors.CheckpointNotFoundError, match="its steps: 500, 1000, 1500, 2000"):
+        evaluate.select_steps("1234", available)
+    with pytest.raises(errors.UserError, match="'latest', 'all'"):
+        evaluate.select_steps("newest", available)
+    with pytest.raises(errors.CheckpointNotFoundError, match="train first"):
+        evaluate.select_steps("latest", [])
+
+
+def test_to_uint8_rounds_like_a_png_file_and_clips():
+    x = np.array([-0.2, 0.0, 0.5 / 255, 0.49 / 255, 0.5, 1.0, 1.3], np.float32)
+    np.testing.assert_array_equal(evaluate.to_uint8(x), [0, 0, 1, 0, 128, 255, 255])
+    levels = np.arange(256)
+    np.testing.assert_array_equal(evaluate.to_uint8(levels / 255.0), levels)  # stored images are unchanged
+
+
+def test_round_sizes():
+    assert evaluate.round_sizes(2500, 1000) == [1000, 1000, 500]
+    assert evaluate.round_sizes(1000, 1000) == [1000]
+    with pytest.raises(errors.UserError, match="config.eval.num_samples"):
+        evaluate.round_sizes(0, 1000)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The toy mixture end to end: metrics, preemption (SIGKILL between rounds), bad inputs.
+
+
+def _toy_args(workdir):
+    return ["--config=configs/toy.py", f"--workdir={workdir}", "--config.training.snapshot_sampling=False"]
+
+
+@pytest.fixture(scope="module")
+def toy_workdir(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("toy") / "run")
+    check_ok(run_main(*_toy_args(workdir), "--mode=train", "--config.training.n_iters=1500",
+                      "--config.training.snapshot_freq=750"))
+    return workdir
+
+
+EVAL_ARGS = ("--mode=eval", "--config.eval.num_samples=6000", "--config.eval.batch_size=2000")
+
+
+@pytest.mark.slow
+def test_toy_eval_reports_the_mode_weights_and_survives_sigkill_bit_identically(toy_workdir, tmp_path):
+    reference_workdir = str(tmp_path / "uninterrupted")
+    shutil.copytree(toy_workdir, reference_workdir)
+    check_ok(run_main(*_toy_args(reference_workdir), *EVAL_ARGS))
+    with open(os.path.join(reference_workdir, "eval", "1500", "report.json")) as f:
+        reference = json.load(f)
+    toy_metrics = reference["metrics"]
+    # The trained toy model recovers the 0.8 / 0.2 weights; its score is close to the analytic one at large σ.
+    assert toy_metrics["mode_weights"][0] == pytest.approx(0.8, abs=0.05)
+    assert toy_metrics["mmd2"] < 0.05
+    assert toy_metrics["fisher_divergence"][0] < toy_metrics["fisher_divergence"][-1]
+    assert reference["num_samples"] == 6000 and len(reference["held_out_loss"]["per_level"]) == 10
+
+    # Kill -9 once the first round is on disk; the restart draws only the missing rounds.
+    workdir = str(tmp_path / "killed")
+    shutil.copytree(toy_workdir, workdir)
+    first_round = os.path.join(workdir, "eval", "1500", "round_00000.npz")
+    process = subprocess.Popen(
+        [sys.executable, "main.py", *_toy_args(workdir), *EVAL_ARGS],
+        cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 300
+    while not os.path.exists(first_round) and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert os.path.exists(first_round)
+    assert not os.path.exists(os.path.join(workdir, "eval", "1500", "report.json"))
+    kept = os.path.getmtime(first_round)
+    check_ok(run_main(*_toy_args(workdir), *EVAL_ARGS))
+    assert os.path.getmtime(first_round) == kept  # the finished round was not drawn again
+    with open(os.path.join(workdir, "eval", "1500", "report.json")) as f:
+        assert json.load(f) == reference
+    for index in range(3):
+        name = f"round_{index:05d}.npz"
+        with np.load(os.path.join(workdir, "eval", "1500", name)) as a, np.load(
+            os.path.join(reference_workdir, "eval", "1500", name)
+        ) as b:
+            np.testing.assert_array_equal(a["samples"], b["samples"])
+
+
+@pytest.mark.slow
+def test_eval_of_a_range_of_checkpoints_and_bad_requests_write_nothing(toy_workdir, tmp_path):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(toy_workdir, workdir)
+    result = run_main(*_toy_args(workdir), *EVAL_ARGS, "--config.eval.checkpoints=1234")
+    assert_user_error(result, "names no checkpoint", "its steps: 750, 1000, 1500")
+    result = run_main(*_toy_args(workdir), *EVAL_ARGS, "--config.sampling.method=inpainting")
+    assert_user_error(result, "draws samples from scratch")
+    result = run_main(*_toy_args(workdir), "--mode=eval", "--config.eval.num_samples=1001", devices=2)
+    assert_user_error(result, "config.eval.num_samples=1001 is not divisible by the number of devices (2")
+    assert not os.path.exists(os.path.join(workdir, "eval"))
+    check_ok(run_main(*_toy_args(workdir), "--mode=eval", "--config.eval.num_samples=1000",
+                      "--config.eval.batch_size=1000", "--config.eval.checkpoints=all"))
+    assert sorted(os.listdir(os.path.join(workdir, "eval"))) == ["1000", "1500", "750"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Natural images: Inception statistics of a (mock) dataset, then FID / IS / KID of a checkpoint.
+
+
+def _mock_cifar_config(tmp_path):
+    config = cifar10.get_config()
+    config.model.ngf = 4
+    config.model.sigma_max = 10.0
+    config.model.num_scales = 3
+    config.training.n_iters = 1
+    config.training.batch_size = 4
+    config.training.snapshot_sampling = False
+    config.sampling.n_steps_each = 1
+    config.eval.num_samples = 8
+    config.eval.batch_size = 4
+    config.eval.inception_batch_size = 4
+    config.eval.kid_subset = 8
+    config.eval.loss_examples = 4
+    config.eval.inception_weights = str(tmp_path / "inception.npz")
+    config.eval.stats_file = str(tmp_path / "stats" / "cifar10.npz")
+    config.data.data_dir = str(tmp_path / "data")
+    return config
+
+
+@pytest.mark.slow
+def test_fid_stats_then_eval_on_mock_cifar10(tmp_path):
+    config = _mock_cifar_config(tmp_path)
+    workdir = str(tmp_path / "run")
+    with tfds.testing.mock_data(num_examples=12):
+        with pytest.raises(errors.UserError, match="FID Inception weights file"):
+            evaluate.compute_fid_stats(config)
+        inception.save_weights(random_inception_state_dict(0), config.eval.inception_weights)
+        stats_path = evaluate.compute_fid_stats(config)
+        assert stats_path == config.eval.stats_file
+        reference = metrics.FeatureStatistics.load(stats_path)
+        assert reference.count == 12 and reference.metadata["dataset"] == "cifar10"
+        # The statistics are those of the stored uint8 training images (a second computation, in one batch).
+        dataset = evaluate.datasets.create_dataset(config, "train", data_dir=config.data.data_dir)
+        images = dataset.raw_images(np.arange(12))
+        assert images.dtype == np.uint8
+        features = inception.make_feature_fn(config.eval.inception_weights, batch_size=4)(images).pool3
+        np.testing.assert_allclose(reference.mean, features.mean(0), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(reference.covariance, np.cov(features, rowvar=False), rtol=1e-3, atol=1e-5)
+
+        with pytest.raises(errors.CheckpointNotFoundError):
+            evaluate.evaluate(config, workdir)
+        train.train(config, workdir)
+        (path,) = evaluate.evaluate(config, workdir)
+        with open(path) as f:
+            report = json.load(f)
+        rounds = [np.load(os.path.join(workdir, "eval", "1", f"round_{i:05d}.npz")) for i in range(2)]
+        pool3 = np.concatenate([r["pool3"] for r in rounds])
+        assert np.concatenate([r["samples"] for r in rounds]).dtype == np.uint8
+        expected_fid = metrics.frechet_distance(
+            pool3.mean(0), np.cov(pool3, rowvar=False), reference.mean, reference.covariance
+        )
+        assert report["metrics"]["fid"] == pytest.approx(expected_fid, rel=1e-6)
+        assert report["metrics"]["inception_score"] >= 1.0
+
+        # Statistics of another dataset or resolution are refused, naming the difference; nothing is written.
+        other = metrics.FeatureStatistics.load(stats_path)
+        other.metadata["image_shape"] = [64, 64, 3]
+        other.save(config.eval.stats_file)
+        shutil.rmtree(os.path.join(workdir, "eval"))
+        with pytest.raises(errors.UserError, match=r"image_shape: file \[64, 64, 3\]"):
+            evaluate.evaluate(config, workdir)
+        os.remove(config.eval.stats_file)
+        with pytest.raises(errors.UserError, match="--mode=fid_stats"):
+            evaluate.evaluate(config, workdir)
+        assert not os.path.exists(os.path.join(workdir, "eval"))
+
+
+def test_fid_stats_refuses_the_embedded_datasets():
+    with pytest.raises(errors.UserError, match="download-free metrics"):
+        evaluate.compute_fid_stats(toy.get_config())
