@@ -379,8 +379,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
                 json.dump(report, f, indent=2)
             writer.write_eval(
                 step,
-                {**_scalars(report["metrics"]), "held_out_loss": report["held_out_loss"]["loss"],
-                 **({"bits_per_dim": report["likelihood"]["bits_per_dim"]} if "likelihood" in report else {})},
+                {
+                    **_scalars(report["metrics"]),
+                    "held_out_loss": report["held_out_loss"]["loss"],
+                    **_scalars(report.get("likelihood", {}), "likelihood/"),
+                },
                 {"held_out_loss": np.asarray(report["held_out_loss"]["per_level"])},
                 restored.sigmas,
             )
