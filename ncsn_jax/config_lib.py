@@ -168,7 +168,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         config.sampling.n_interpolations >= 2,
         f"config.sampling.n_interpolations={config.sampling.n_interpolations} must be >= 2.",
     )
-    _check_sde_sampling(config.sampling)
+    if config.sampling.method in ("pc", "ode"):  # (imports diffrax only for them)
+        _check_sde_sampling(config.sampling)
     _check_evaluation(config)
     for name in ("trajectory_every", "snapshot_batch_size", "seed"):
         _require(config.sampling[name] >= 0, f"config.sampling.{name}={config.sampling[name]} must be >= 0.")

@@ -287,3 +287,17 @@ def test_one_train_step_and_a_sampling_pass(name, mock_tfds, tmp_path):
     assert samples.shape == (SAMPLES, *example_shape) and samples.dtype == np.float32
     assert np.all(np.isfinite(samples))
     assert os.path.isfile(os.path.join(out_dir, "samples.png"))
+
+
+def test_sde_sampling_fields_are_checked_for_pc_and_ode():
+    config = load_config("toy")
+    config.sampling.method = "pc"
+    config.sampling.predictor = "reverse"
+    with pytest.raises(errors.UserError, match="config.sampling.predictor='reverse' is not valid"):
+        config_lib.validate(config)
+    config.sampling.predictor = "ancestral"
+    config.sampling.num_steps = 1
+    with pytest.raises(errors.UserError, match="num_steps=1"):
+        config_lib.validate(config)
+    config.sampling.num_steps = 0
+    config_lib.validate(config)
