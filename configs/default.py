@@ -86,7 +86,8 @@ def get_config() -> ml_collections.ConfigDict:
     # --mode=sample draws the same samples for the same seed (bit for bit); another seed, new ones. Output:
     # workdir/samples/<step>/<method>-seed<seed>/.
     sampling.seed = 0
-    sampling.batch_size = 100
+    sampling.batch_size = 100  # chains run in parallel (one jit call)
+    sampling.num_samples = 0  # --mode=sample: 0 draws one batch; N > 0 draws N in rounds of batch_size
     sampling.n_steps_each = 5
     sampling.step_lr = number_or_auto(1.24e-5)
     sampling.denoise = True

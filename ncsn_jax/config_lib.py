@@ -171,7 +171,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.sampling.method in ("pc", "ode"):  # (imports diffrax only for them)
         _check_sde_sampling(config.sampling)
     _check_evaluation(config)
-    for name in ("trajectory_every", "snapshot_batch_size", "seed"):
+    for name in ("trajectory_every", "snapshot_batch_size", "seed", "num_samples"):
         _require(config.sampling[name] >= 0, f"config.sampling.{name}={config.sampling[name]} must be >= 0.")
     _require(
         not isinstance(config.seed, bool) and int(config.seed) == config.seed and config.seed >= 0,

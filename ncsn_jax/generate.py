@@ -435,20 +435,39 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
     n = config.sampling.batch_size
     _batch_size(config, method, n)  # before reading test images
     reference = inpainting_references(config, n) if method == "inpainting" else None
+    rounds = 1
+    if config.sampling.num_samples:  # more samples than one batch: rounds of batch_size chains
+        if method not in config_lib.GENERATIVE_METHODS or config.sampling.num_samples % n:
+            raise errors.UserError(
+                f"config.sampling.num_samples={config.sampling.num_samples} draws rounds of "
+                f"config.sampling.batch_size={n} samples: it needs a multiple of the batch size and a method "
+                f"that draws from scratch ({', '.join(config_lib.GENERATIVE_METHODS)})."
+            )
+        rounds = config.sampling.num_samples // n
     logging_utils.log_devices()
-    out = draw_samples(
-        config,
-        restored.model,
-        restored.params,
-        restored.sigmas,
-        rng.sample_key(config.seed, config.sampling.seed),
-        n,
-        example_shape,
-        parallel.create_mesh(),
-        method=method,
-        trajectory_every=config.sampling.trajectory_every,
-        reference=reference,
-    )
+    mesh = parallel.create_mesh()
+    outputs = []
+    with logging_utils.progress(total=rounds, desc="sample", enabled=rounds > 1) as bar:
+        for index in range(rounds):
+            outputs.append(
+                draw_samples(
+                    config,
+                    restored.model,
+                    restored.params,
+                    restored.sigmas,
+                    rng.sample_key(config.seed, config.sampling.seed, index),
+                    n,
+                    example_shape,
+                    mesh,
+                    method=method,
+                    trajectory_every=config.sampling.trajectory_every,
+                    reference=reference,
+                )
+            )
+            bar.update(1)
+    out = outputs[0]
+    if rounds > 1:  # trajectories are kept for the first round only
+        out = out._replace(samples=np.concatenate([o.samples for o in outputs]))
     out_dir = output_dir(workdir, restored.step, config)
     if jax.process_index() == 0:
         fields = _score_fields(

@@ -6,7 +6,7 @@
     init     = fold_in(root, INIT)                              parameter initialisation
     train    = fold_in(root, TRAIN)                             train step t uses fold_in(train, t)
     snapshot = fold_in(fold_in(root, SNAPSHOT), step)           samples drawn at a training snapshot
-    sample   = fold_in(fold_in(root, SAMPLE), sampling.seed)    --mode=sample
+    sample   = fold_in(fold_in(root, SAMPLE), sampling.seed)    --mode=sample (round r > 0: fold_in(sample, r))
     eval     = fold_in(fold_in(fold_in(root, EVAL), step), r)  round r of --mode=eval at checkpoint step
     held_out = fold_in(root, HELD_OUT)                          the fixed noise of the held-out loss
     metric   = fold_in(root, METRIC)                            reference draws of the toy metrics
@@ -52,10 +52,12 @@ def snapshot_key(seed: int, step: int) -> jax.Array:
     return jax.random.fold_in(_stream(seed, SNAPSHOT), step)
 
 
-def sample_key(seed: int, sampling_seed: int) -> jax.Array:
+def sample_key(seed: int, sampling_seed: int, round_index: int = 0) -> jax.Array:
     """Key of ``--mode=sample``: the same ``(config.seed, config.sampling.seed)`` gives the same samples,
-    another ``config.sampling.seed`` new ones from the same model."""
-    return jax.random.fold_in(_stream(seed, SAMPLE), sampling_seed)
+    another ``config.sampling.seed`` new ones from the same model. Round 0 is the first batch; with
+    ``config.sampling.num_samples`` round ``r > 0`` is ``fold_in(key of round 0, r)``."""
+    key = jax.random.fold_in(_stream(seed, SAMPLE), sampling_seed)
+    return key if round_index == 0 else jax.random.fold_in(key, round_index)
 
 
 def eval_key(seed: int, step: int, round_index: int) -> jax.Array:

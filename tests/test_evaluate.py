@@ -242,3 +242,21 @@ def test_pc_and_ode_sampling_from_the_command_line_and_the_toy_likelihood(toy_wo
     expected = float(np.mean(mixture.log_prob(x, 1.0)))  # configs/toy.py: sigma_min = 1
     assert report["likelihood"]["num_examples"] == 200
     assert report["likelihood"]["log_p_nats"] == pytest.approx(expected, abs=0.35)
+
+
+@pytest.mark.slow
+def test_sample_mode_draws_more_than_one_batch_in_rounds_from_a_chosen_checkpoint(toy_workdir, tmp_path):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(toy_workdir, workdir)
+    small = ("--config.sampling.batch_size=500", "--config.sampling.checkpoint=750")
+    check_ok(run_main(*_toy_args(workdir), "--mode=sample", *small))
+    one_batch = load_samples(workdir, 750)["samples"]
+    check_ok(run_main(*_toy_args(workdir), "--mode=sample", *small, "--config.sampling.num_samples=1500"))
+    rounds = load_samples(workdir, 750)["samples"]
+    assert rounds.shape == (1500, 2)
+    np.testing.assert_array_equal(rounds[:500], one_batch)  # round 0 is the single batch
+    assert not np.array_equal(rounds[500:1000], rounds[:500])  # later rounds are new draws
+    result = run_main(*_toy_args(workdir), "--mode=sample", *small, "--config.sampling.num_samples=1200")
+    assert_user_error(result, "multiple of the batch size")
+    result = run_main(*_toy_args(workdir), "--mode=sample", "--config.sampling.checkpoint=999")
+    assert_user_error(result, "No checkpoint of step 999")
