@@ -37,3 +37,6 @@ def test_quickstart_notebook_executes_and_recovers_mode_weights():
     assert cosine > 0.9  # learned score points where the true one does
     assert abs(weights["annealed"] - 0.8) <= 0.05  # annealed Langevin recovers the mixture weights
     assert abs(weights["plain"] - 0.8) > 0.15  # plain Langevin does not (NCSN Fig. 3)
+    sde_weights = ast.literal_eval(re.search(r"SDE samplers: (\{.*\})", text).group(1))
+    for name, weight in sde_weights.items():  # annealed Langevin, PC and the ODE recover them too
+        assert abs(weight - 0.8) <= 0.05, (name, weight)
