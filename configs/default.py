@@ -119,7 +119,9 @@ def get_config() -> ml_collections.ConfigDict:
     evaluation.stats_file = ""  # "": <data_dir>/fid_stats/<dataset>_<size>px_train.npz
     evaluation.kid_subset = 10_000  # feature vectors kept (reference and samples) for KID
     evaluation.loss_examples = 1000  # test examples of the held-out loss (also training.eval_freq)
-    evaluation.likelihood = False  # also bits/dim of the test split (probability-flow ODE, ncsn_jax.likelihood)
+    evaluation.likelihood = (
+        False  # also bits/dim of the test split (probability-flow ODE, ncsn_jax.likelihood)
+    )
     evaluation.likelihood_examples = 1000
     evaluation.likelihood_batch_size = 100
     evaluation.exact_divergence = False  # exact Jacobian trace (small D) instead of Hutchinson's estimate

@@ -212,7 +212,9 @@ def load_reference_stats(config: ml_collections.ConfigDict, weights_sha256: str)
     want = _stats_identity(config, weights_sha256)
     have = {key: stats.metadata.get(key) for key in want}
     if have != want:
-        differing = "; ".join(f"{k}: file {have[k]!r}, this run {want[k]!r}" for k in want if have[k] != want[k])
+        differing = "; ".join(
+            f"{k}: file {have[k]!r}, this run {want[k]!r}" for k in want if have[k] != want[k]
+        )
         raise errors.UserError(
             f"The statistics in {path} do not fit this evaluation ({differing}). Compute matching ones with:\n"
             f"  {command} --config.eval.stats_file=<new file>"
@@ -307,7 +309,9 @@ class _Evaluator:
             )
             logits = np.concatenate([r["logits"] for r in rounds])
             is_mean, is_std = metrics.inception_score(logits, splits=min(IS_SPLITS, len(logits)))
-            kid_mean, kid_std = metrics.kernel_inception_distance(generated.kept, self.reference.kept, seed=rng.KID_SUBSET_SEED)
+            kid_mean, kid_std = metrics.kernel_inception_distance(
+                generated.kept, self.reference.kept, seed=rng.KID_SUBSET_SEED
+            )
             return {
                 "fid": fid,
                 "inception_score": is_mean,
@@ -447,12 +451,22 @@ def held_out_likelihood(restored: generate.Restored, mesh) -> dict[str, Any]:
 
     log_p, evaluations = [], 0
     for index, start in enumerate(range(0, n, batch)):
-        local = test.get_batch(index, batch, process_index=jax.process_index(), process_count=jax.process_count())
-        out = run(restored.params, parallel.global_batch(local, mesh), jax.random.fold_in(rng.likelihood_key(config.seed), index))
+        local = test.get_batch(
+            index, batch, process_index=jax.process_index(), process_count=jax.process_count()
+        )
+        out = run(
+            restored.params,
+            parallel.global_batch(local, mesh),
+            jax.random.fold_in(rng.likelihood_key(config.seed), index),
+        )
         log_p.append(parallel.to_host(out.log_p)[: n - start])
         evaluations += int(out.n_evaluations)
     log_p = np.concatenate(log_p).astype(np.float64)
-    result = {"num_examples": int(len(log_p)), "log_p_nats": float(log_p.mean()), "score_evaluations": evaluations}
+    result = {
+        "num_examples": int(len(log_p)),
+        "log_p_nats": float(log_p.mean()),
+        "score_evaluations": evaluations,
+    }
     if len(restored.example_shape) == 3:
         dim = int(np.prod(restored.example_shape))
         bpd = likelihood.bits_per_dim(log_p, dim, num_levels=test.max_value + 1)

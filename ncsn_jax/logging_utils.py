@@ -144,8 +144,13 @@ class MetricWriter:
                     self._writer.add_scalar(f"train_loss_per_level/{label}", float(value), step)
         self._writer.flush()
 
-    def write_eval(self, step: int, scalars: dict[str, float], per_level: dict[str, np.ndarray] | None = None,
-                   sigmas: np.ndarray | None = None) -> None:
+    def write_eval(
+        self,
+        step: int,
+        scalars: dict[str, float],
+        per_level: dict[str, np.ndarray] | None = None,
+        sigmas: np.ndarray | None = None,
+    ) -> None:
         """Evaluation numbers under ``eval/`` (and each per-level series under ``eval_<name>_per_level/``)."""
         if self._writer is None:
             return

@@ -387,7 +387,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     # Host calls end exactly on logging / checkpoint boundaries, so those happen at the same steps
     # whatever steps_per_call is.
     boundaries = (
-        config.training.log_freq, config.training.snapshot_freq, config.training.preemption_freq, eval_freq
+        config.training.log_freq,
+        config.training.snapshot_freq,
+        config.training.preemption_freq,
+        eval_freq,
     )
     step = done = start
     try:

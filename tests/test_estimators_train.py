@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 
 from configs import digits, toy
-from ncsn_jax import config_lib, errors, datasets, generate, losses, mixtures, models, train
+from ncsn_jax import config_lib, datasets, errors, generate, losses, mixtures, models, train
+from ncsn_jax.evaluation import held_out
 
 ESTIMATORS = ("exact", "ssm", "ssm_vr", "dsm")
 
@@ -119,19 +120,10 @@ DIGITS_HELD_OUT = 90  # test-split images the held-out losses average over
 
 
 def _held_out_dsm_per_level(trainer: train.Trainer, params, x_test: jax.Array) -> np.ndarray:
-    """``(L,)`` DSM loss ½‖σ s(x̃, σ) + z‖² of each level σ_i on the held-out images, the noise fixed by level."""
-
-    @jax.jit
-    def level_loss(params, sigma, key):
-        score_fn = models.get_score_fn(trainer.model, {"params": params})
-        return losses.denoising_score_matching(score_fn, x_test, sigma[None], key)[0]
-
-    return np.array(
-        [
-            float(level_loss(params, sigma, jax.random.PRNGKey(level)))
-            for level, sigma in enumerate(trainer.sigmas)
-        ]
-    )
+    """``(L,)`` DSM loss ½‖σ s(x̃, σ) + z‖² of each level σ_i on the held-out images, with fixed noise
+    (:func:`ncsn_jax.evaluation.held_out.per_level_loss`, what --mode=eval reports)."""
+    score_fn = models.get_score_fn(trainer.model, {"params": params})
+    return np.asarray(held_out.per_level_loss(score_fn, x_test, trainer.sigmas, jax.random.PRNGKey(0), 2.0))
 
 
 @pytest.mark.slow

@@ -71,8 +71,14 @@ def _toy_args(workdir):
 @pytest.fixture(scope="module")
 def toy_workdir(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("toy") / "run")
-    check_ok(run_main(*_toy_args(workdir), "--mode=train", "--config.training.n_iters=1500",
-                      "--config.training.snapshot_freq=750"))
+    check_ok(
+        run_main(
+            *_toy_args(workdir),
+            "--mode=train",
+            "--config.training.n_iters=1500",
+            "--config.training.snapshot_freq=750",
+        )
+    )
     return workdir
 
 
@@ -99,7 +105,10 @@ def test_toy_eval_reports_the_mode_weights_and_survives_sigkill_bit_identically(
     first_round = os.path.join(workdir, "eval", "1500", "round_00000.npz")
     process = subprocess.Popen(
         [sys.executable, "main.py", *_toy_args(workdir), *EVAL_ARGS],
-        cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=REPO,
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 300
     while not os.path.exists(first_round) and time.time() < deadline and process.poll() is None:
@@ -115,9 +124,10 @@ def test_toy_eval_reports_the_mode_weights_and_survives_sigkill_bit_identically(
         assert json.load(f) == reference
     for index in range(3):
         name = f"round_{index:05d}.npz"
-        with np.load(os.path.join(workdir, "eval", "1500", name)) as a, np.load(
-            os.path.join(reference_workdir, "eval", "1500", name)
-        ) as b:
+        with (
+            np.load(os.path.join(workdir, "eval", "1500", name)) as a,
+            np.load(os.path.join(reference_workdir, "eval", "1500", name)) as b,
+        ):
             np.testing.assert_array_equal(a["samples"], b["samples"])
 
 
@@ -132,8 +142,15 @@ def test_eval_of_a_range_of_checkpoints_and_bad_requests_write_nothing(toy_workd
     result = run_main(*_toy_args(workdir), "--mode=eval", "--config.eval.num_samples=1001", devices=2)
     assert_user_error(result, "config.eval.num_samples=1001 is not divisible by the number of devices (2")
     assert not os.path.exists(os.path.join(workdir, "eval"))
-    check_ok(run_main(*_toy_args(workdir), "--mode=eval", "--config.eval.num_samples=1000",
-                      "--config.eval.batch_size=1000", "--config.eval.checkpoints=all"))
+    check_ok(
+        run_main(
+            *_toy_args(workdir),
+            "--mode=eval",
+            "--config.eval.num_samples=1000",
+            "--config.eval.batch_size=1000",
+            "--config.eval.checkpoints=all",
+        )
+    )
     assert sorted(os.listdir(os.path.join(workdir, "eval"))) == ["1000", "1500", "750"]
 
 

@@ -66,7 +66,11 @@ def test_report_orders_real_digits_above_degraded_digits_above_noise(classifier,
     real_report = digits.digits_report(real, classifier_path=path, nn_grid_path=grid)
     degraded_report = digits.digits_report(degraded, classifier_path=path)
 
-    real_row, degraded_row, noise_row = real_report["samples"], degraded_report["samples"], real_report["noise"]
+    real_row, degraded_row, noise_row = (
+        real_report["samples"],
+        degraded_report["samples"],
+        real_report["noise"],
+    )
     assert real_row["inception_score"] > degraded_row["inception_score"] > noise_row["inception_score"]
     assert real_row["frechet_distance"] < degraded_row["frechet_distance"] < noise_row["frechet_distance"]
     # Training digits are within the bootstrap spread of the real reference, and all ten classes show.
@@ -75,7 +79,9 @@ def test_report_orders_real_digits_above_degraded_digits_above_noise(classifier,
     assert real_row["min_class_share"] > 0.05 and real_report["real_test"]["min_class_share"] > 0.05
     assert real_report["is_fraction_of_real"] > 1.0 > degraded_report["is_fraction_of_real"]
     # Training images are copies of themselves (d1 = 0); held-out digits define ratio 1 and are no copies.
-    assert real_row["nn_distance_ratio"] == pytest.approx(0.0, abs=1e-6) and real_row["memorized_share"] == 1.0
+    assert (
+        real_row["nn_distance_ratio"] == pytest.approx(0.0, abs=1e-6) and real_row["memorized_share"] == 1.0
+    )
     assert real_report["real_test"]["nn_distance_ratio"] == pytest.approx(1.0)
     assert real_report["real_test"]["memorized_share"] < 0.02 and noise_row["memorized_share"] == 0.0
     assert degraded_row["nn_distance_ratio"] > 1.0
@@ -106,13 +112,23 @@ def test_report_orders_real_digits_above_a_briefly_trained_model_above_noise(tmp
     train.train(config, workdir)
     restored = generate.restore_for_sampling(config, workdir)
     samples = generate.draw_samples(
-        restored.config, restored.model, restored.params, restored.sigmas, jax.random.PRNGKey(0), 300,
-        restored.example_shape, parallel.create_mesh(),
+        restored.config,
+        restored.model,
+        restored.params,
+        restored.sigmas,
+        jax.random.PRNGKey(0),
+        300,
+        restored.example_shape,
+        parallel.create_mesh(),
     ).samples
     report = digits.digits_report(samples, classifier_path=workdir)
     model, real, noise = report["samples"], report["real_test"], report["noise"]
     assert real["inception_score"] > model["inception_score"] > noise["inception_score"]
     assert model["inception_score"] > 0.4 * real["inception_score"]  # measured 0.63: readable digits
-    assert report["real_train_bootstrap_fd"]["mean"] < model["frechet_distance"] < 0.25 * noise["frechet_distance"]
+    assert (
+        report["real_train_bootstrap_fd"]["mean"]
+        < model["frechet_distance"]
+        < 0.25 * noise["frechet_distance"]
+    )
     assert model["min_class_share"] > 0.02  # every digit is drawn
     assert model["memorized_share"] < 0.05

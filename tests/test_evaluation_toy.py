@@ -77,7 +77,9 @@ def test_fisher_divergence_is_zero_for_the_analytic_score_and_half_squared_offse
 def test_toy_report_of_true_samples_and_the_analytic_score():
     mixture = mixtures.ncsn_toy_mixture()
     samples = mixture.sample(jax.random.key(7), 1000)
-    report = toy.toy_report(samples, jax.random.key(8), score_fn=mixture.score, sigmas=[20.0, 1.0], n_fisher=256)
+    report = toy.toy_report(
+        samples, jax.random.key(8), score_fn=mixture.score, sigmas=[20.0, 1.0], n_fisher=256
+    )
     np.testing.assert_allclose(report["mode_weights"], [0.8, 0.2], atol=0.04)
     assert abs(report["mmd2"]) < 0.003 and abs(report["mmd2_true_vs_true"]) < 0.003
     np.testing.assert_allclose(report["fisher_divergence"], 0.0, atol=1e-12)

@@ -261,7 +261,9 @@ def test_late_orbax_read_errors_are_dropped_and_others_kept(via, monkeypatch):
     late = _traceback_from(orbax_file, ValueError("DATA_LOSS: late read error"))
     # A tensorstore read awaited directly by an asyncio task: the traceback is asyncio's task wrapper only.
     tasks_file = os.path.join("lib", "python3.11", "asyncio", "tasks.py")
-    read = 'OUT_OF_RANGE: Error opening "zarr" driver: Error reading "params.x/.zarray" in OCDBT database at …'
+    read = (
+        'OUT_OF_RANGE: Error opening "zarr" driver: Error reading "params.x/.zarray" in OCDBT database at …'
+    )
     late_task = _traceback_from(tasks_file, ValueError(read))
     ours = _traceback_from(os.path.join("ncsn_jax", "train.py"), ValueError("a real error"))
     other_task = _traceback_from(tasks_file, ValueError("a real error in another task"))

@@ -51,7 +51,9 @@ def convert(pth: str, out: str) -> dict:
             f"--pth={pth} is not a readable PyTorch checkpoint ({type(e).__name__}: {str(e)[:200]})."
         ) from e
     if loaded["optimizer"] is not None or loaded["step"] is not None:
-        raise errors.UserError(f"--pth={pth} is a training checkpoint, not pytorch-fid's Inception state dict.")
+        raise errors.UserError(
+            f"--pth={pth} is a training checkpoint, not pytorch-fid's Inception state dict."
+        )
     try:
         return inception.save_weights(loaded["model"], out, source=pth)
     except errors.UserError as e:

@@ -146,7 +146,9 @@ def train_classifier() -> dict[str, Any]:
 
     model = DigitsClassifier(recipe["hidden"], recipe["features"])
     params = model.init(jax.random.PRNGKey(recipe["seed"]), images[0])["params"]
-    optimizer = optax.adamw(optax.cosine_decay_schedule(recipe["lr"], steps), weight_decay=recipe["weight_decay"])
+    optimizer = optax.adamw(
+        optax.cosine_decay_schedule(recipe["lr"], steps), weight_decay=recipe["weight_decay"]
+    )
 
     def step(carry, batch):
         params, opt_state = carry
@@ -316,7 +318,9 @@ def digits_report(
     noise = rng.random(samples.shape, dtype=np.float32)
     _, train_features = classifier_outputs(params, train_images)
     bootstrap = [
-        metrics.frechet_distance(*_statistics(train_features[rng.integers(0, len(train_features), n)]), *test_stats)
+        metrics.frechet_distance(
+            *_statistics(train_features[rng.integers(0, len(train_features), n)]), *test_stats
+        )
         for _ in range(bootstrap_draws)
     ]
     report = {
