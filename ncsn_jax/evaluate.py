@@ -36,6 +36,7 @@ Every dataset's report also holds the held-out loss: the DSM loss of each noise 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any
@@ -202,8 +203,8 @@ def load_reference_stats(config: ml_collections.ConfigDict, weights_sha256: str)
     )
     if not os.path.isfile(path):
         raise errors.UserError(
-            f"No Inception statistics file {path}. Compute it once with:\n  {command}\n"
-            "or point config.eval.stats_file at one you computed."
+            f"No Inception statistics file {path}. Compute it once with: {command} "
+            "(or point config.eval.stats_file at one you computed)."
         )
     try:
         stats = metrics.FeatureStatistics.load(path)
@@ -216,8 +217,8 @@ def load_reference_stats(config: ml_collections.ConfigDict, weights_sha256: str)
             f"{k}: file {have[k]!r}, this run {want[k]!r}" for k in want if have[k] != want[k]
         )
         raise errors.UserError(
-            f"The statistics in {path} do not fit this evaluation ({differing}). Compute matching ones with:\n"
-            f"  {command} --config.eval.stats_file=<new file>"
+            f"The statistics in {path} do not fit this evaluation ({differing}). Compute matching ones with: "
+            f"{command} --config.eval.stats_file=<new file>"
         )
     return stats
 
@@ -263,6 +264,24 @@ def _read_round(path: str) -> dict[str, np.ndarray] | None:
         return None
 
 
+@dataclasses.dataclass
+class _Collected:
+    """What the metrics need from one checkpoint's rounds, taken in round order and the rest dropped: for
+    Inception metrics the streamed pool3 statistics (with the KID reservoir) and the logits (the Inception
+    score's splits need every row; 4 kB per sample), otherwise the samples."""
+
+    stats: metrics.FeatureStatistics | None
+    logits: list[np.ndarray] = dataclasses.field(default_factory=list)
+    samples: list[np.ndarray] = dataclasses.field(default_factory=list)
+
+    def add(self, arrays: dict[str, np.ndarray]) -> None:
+        if self.stats is not None:
+            self.stats.update(arrays["pool3"])
+            self.logits.append(arrays["logits"])
+        else:
+            self.samples.append(arrays["samples"])
+
+
 class _Evaluator:
     """What stays the same over the checkpoints of one ``--mode=eval``: devices, the metric's inputs."""
 
@@ -296,18 +315,23 @@ class _Evaluator:
         features = self.feature_fn(images)
         return {"samples": images, "pool3": features.pool3, "logits": features.logits}
 
-    def metrics(self, restored: generate.Restored, rounds: list[dict[str, np.ndarray]], out_dir: str):
-        config = restored.config
+    def collect(self, config: ml_collections.ConfigDict) -> _Collected:
+        """An empty :class:`_Collected` for one checkpoint's rounds."""
+        stats = None
         if self.kind == "inception":
-            generated = metrics.FeatureStatistics(
+            stats = metrics.FeatureStatistics(
                 inception.POOL3_DIM, keep=config.eval.kid_subset, seed=rng.KID_SUBSET_SEED
             )
-            for arrays in rounds:
-                generated.update(arrays["pool3"])
+        return _Collected(stats)
+
+    def metrics(self, restored: generate.Restored, collected: _Collected, out_dir: str):
+        config = restored.config
+        if self.kind == "inception":
+            generated = collected.stats
             fid = metrics.frechet_distance(
                 generated.mean, generated.covariance, self.reference.mean, self.reference.covariance
             )
-            logits = np.concatenate([r["logits"] for r in rounds])
+            logits = np.concatenate(collected.logits)
             is_mean, is_std = metrics.inception_score(logits, splits=min(IS_SPLITS, len(logits)))
             kid_mean, kid_std = metrics.kernel_inception_distance(
                 generated.kept, self.reference.kept, seed=rng.KID_SUBSET_SEED
@@ -320,7 +344,7 @@ class _Evaluator:
                 "kid_std": kid_std,
                 "reference_images": self.reference.count,
             }
-        samples = np.concatenate([r["samples"] for r in rounds])
+        samples = np.concatenate(collected.samples)
         if self.kind == "digits":
             return digits_eval.digits_report(
                 samples,
@@ -355,22 +379,25 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
         out_dir = os.path.join(workdir, "eval", str(step))
         if jax.process_index() == 0:
             os.makedirs(out_dir, exist_ok=True)
-        rounds = []
-        with logging_utils.progress(total=len(evaluator.sizes), desc=f"eval {step}") as bar:
-            for index in range(len(evaluator.sizes)):
-                path = os.path.join(out_dir, f"round_{index:05d}.npz")
+        collected = evaluator.collect(restored.config)
+        paths = [os.path.join(out_dir, f"round_{i:05d}.npz") for i in range(len(evaluator.sizes))]
+        finished = sum(os.path.isfile(path) for path in paths)  # the bar's rate and ETA: drawn rounds only
+        with logging_utils.progress(
+            total=len(paths), initial=finished, desc=f"eval {step}", unit="round", enabled=jax.process_index() == 0
+        ) as bar:
+            for index, path in enumerate(paths):
                 arrays = _read_round(path)
                 if arrays is None:
                     arrays = evaluator.draw_round(restored, step, index)
                     if jax.process_index() == 0:
                         _write_npz_atomically(path, **arrays)
-                rounds.append(arrays)
-                bar.update(1)
+                    bar.update(1)
+                collected.add(arrays)
         report = {
             "step": step,
             "num_samples": int(sum(evaluator.sizes)),
             "sampler": _sampler_description(restored.config),
-            "metrics": evaluator.metrics(restored, rounds, out_dir),
+            "metrics": evaluator.metrics(restored, collected, out_dir),
             "held_out_loss": held_out.HeldOutLoss.from_config(
                 restored.config, restored.model, restored.sigmas, evaluator.mesh
             )(restored.params),

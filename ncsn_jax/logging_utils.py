@@ -85,7 +85,9 @@ def _logs_above_bar() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def progress(total: int, initial: int = 0, desc: str = "", enabled: bool = True) -> Iterator[Any]:
+def progress(
+    total: int, initial: int = 0, desc: str = "", enabled: bool = True, unit: str = "step"
+) -> Iterator[Any]:
     """A tqdm bar showing rate and ETA; a silent stand-in where disabled (non-zero processes)."""
     if not enabled:
         yield _NullBar()
@@ -97,7 +99,7 @@ def progress(total: int, initial: int = 0, desc: str = "", enabled: bool = True)
             total=total,
             initial=initial,
             desc=desc,
-            unit="step",
+            unit=unit,
             dynamic_ncols=True,
             file=sys.stderr,
             mininterval=1.0,

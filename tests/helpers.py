@@ -166,3 +166,25 @@ def random_inception_state_dict(seed: int = 0) -> dict[str, np.ndarray]:
             value = rng.normal(scale=0.1, size=shape)
         state[inception.state_dict_key(path)] = value.astype(np.float32)
     return state
+
+
+def read_tensorboard_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of the TensorBoard event files below ``logdir``: ``{tag: [(step, value), ...]}`` in file
+    and write order. Reads the TFRecord framing (length, CRC, event proto, CRC) directly with tensorboardX's
+    protos, so it needs neither TensorFlow nor TensorBoard."""
+    import struct  # pylint: disable=g-import-not-at-top
+
+    from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(glob.glob(os.path.join(logdir, "**", "events.out.tfevents.*"), recursive=True)):
+        with open(path, "rb") as f:
+            data = f.read()
+        offset = 0
+        while offset + 12 <= len(data):
+            (length,) = struct.unpack("<Q", data[offset : offset + 8])
+            event = event_pb2.Event.FromString(data[offset + 12 : offset + 12 + length])
+            offset += 12 + length + 4
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append((int(event.step), float(value.simple_value)))
+    return scalars

@@ -25,7 +25,9 @@ from tests.helpers import (
     load_samples,
     positive_mode_weight,
     random_inception_state_dict,
+    read_tensorboard_scalars,
     run_main,
+    snapshot_tree,
     subprocess_env,
 )
 
@@ -77,6 +79,7 @@ def toy_workdir(tmp_path_factory):
             "--mode=train",
             "--config.training.n_iters=1500",
             "--config.training.snapshot_freq=750",
+            "--config.training.eval_freq=750",
         )
     )
     return workdir
@@ -98,6 +101,26 @@ def test_toy_eval_reports_the_mode_weights_and_survives_sigkill_bit_identically(
     assert toy_metrics["mmd2"] < 0.05
     assert toy_metrics["fisher_divergence"][0] < toy_metrics["fisher_divergence"][-1]
     assert reference["num_samples"] == 6000 and len(reference["held_out_loss"]["per_level"]) == 10
+
+    # TensorBoard: training logged the held-out loss every eval_freq = 750 steps on the EMA weights; at step
+    # 1500 (the checkpoint) it equals the report's, computed later in another process (fixed test examples
+    # and noise). The eval wrote its numbers under eval/ at the checkpoint's step.
+    scalars = read_tensorboard_scalars(os.path.join(reference_workdir, "tensorboard"))
+    held_out_curve = dict(scalars["eval/held_out_loss"][:2])  # training's two, then the eval's
+    assert sorted(held_out_curve) == [750, 1500] and held_out_curve[750] != held_out_curve[1500]
+    assert held_out_curve[1500] == pytest.approx(reference["held_out_loss"]["loss"], rel=1e-6)
+    assert scalars["eval/held_out_loss"][2] == (
+        1500,
+        pytest.approx(reference["held_out_loss"]["loss"], rel=1e-6),
+    )
+    assert scalars["eval/mmd2"] == [(1500, pytest.approx(toy_metrics["mmd2"], rel=1e-6))]
+    per_level = [
+        v
+        for tag, values in sorted(scalars.items())
+        if tag.startswith("eval_held_out_loss_per_level/")
+        for step, v in values[-1:]
+    ]
+    np.testing.assert_allclose(per_level, reference["held_out_loss"]["per_level"], rtol=1e-6)
 
     # Kill -9 once the first round is on disk; the restart draws only the missing rounds.
     workdir = str(tmp_path / "killed")
@@ -158,24 +181,43 @@ def test_eval_of_a_range_of_checkpoints_and_bad_requests_write_nothing(toy_workd
 # Natural images: Inception statistics of a (mock) dataset, then FID / IS / KID of a checkpoint.
 
 
+MOCK_CIFAR = {
+    "model.ngf": 4,
+    "model.sigma_max": 10.0,
+    "model.num_scales": 3,
+    "training.n_iters": 1,
+    "training.batch_size": 4,
+    "training.snapshot_sampling": False,
+    "sampling.n_steps_each": 1,
+    "eval.num_samples": 8,
+    "eval.batch_size": 4,
+    "eval.inception_batch_size": 4,
+    "eval.kid_subset": 8,
+    "eval.loss_examples": 4,
+}
+
+
+def _mock_cifar_paths(tmp_path) -> dict[str, str]:
+    return {
+        "eval.inception_weights": str(tmp_path / "inception.npz"),
+        "eval.stats_file": str(tmp_path / "stats" / "cifar10.npz"),
+        "data.data_dir": str(tmp_path / "data"),
+    }
+
+
 def _mock_cifar_config(tmp_path):
     config = cifar10.get_config()
-    config.model.ngf = 4
-    config.model.sigma_max = 10.0
-    config.model.num_scales = 3
-    config.training.n_iters = 1
-    config.training.batch_size = 4
-    config.training.snapshot_sampling = False
-    config.sampling.n_steps_each = 1
-    config.eval.num_samples = 8
-    config.eval.batch_size = 4
-    config.eval.inception_batch_size = 4
-    config.eval.kid_subset = 8
-    config.eval.loss_examples = 4
-    config.eval.inception_weights = str(tmp_path / "inception.npz")
-    config.eval.stats_file = str(tmp_path / "stats" / "cifar10.npz")
-    config.data.data_dir = str(tmp_path / "data")
+    for name, value in {**MOCK_CIFAR, **_mock_cifar_paths(tmp_path)}.items():
+        group, field = name.split(".")
+        config[group][field] = value
     return config
+
+
+def _assert_one_error_line_and_nothing_written(result, before: dict, after: dict, *fragments: str) -> None:
+    assert_user_error(result, *fragments)
+    message = result.stderr[result.stderr.index("error: ") :]
+    assert len(message.strip().splitlines()) == 1, message
+    assert after == before  # no file or directory created, changed or removed
 
 
 @pytest.mark.slow
@@ -224,6 +266,38 @@ def test_fid_stats_then_eval_on_mock_cifar10(tmp_path):
         with pytest.raises(errors.UserError, match="--mode=fid_stats"):
             evaluate.evaluate(config, workdir)
         assert not os.path.exists(os.path.join(workdir, "eval"))
+
+    # The same bad inputs from the command line (no dataset needed: each is found before sampling): one
+    # `error:` line, exit 2, and nothing in tmp_path (workdir, statistics, weights, data) created or changed.
+    cases = [
+        ({}, "No Inception statistics file", "--mode=fid_stats"),
+        (
+            {"eval.inception_weights": str(tmp_path / "absent.npz")},
+            "absent.npz does not exist",
+            "convert_inception",
+        ),
+        ({"eval.checkpoints": "7"}, "names no checkpoint", "its steps: 1"),
+        ({"eval.num_samples": 7}, "config.eval.num_samples=7 is not divisible by the number of devices"),
+    ]
+    other.metadata["image_shape"] = [32, 32, 3]  # back to the matching statistics
+    for field, value in (("dataset", "celeba"), ("image_shape", [64, 64, 3])):
+        path = str(tmp_path / "stats" / f"other_{field}.npz")
+        mismatched = metrics.FeatureStatistics(inception.POOL3_DIM, metadata={**other.metadata, field: value})
+        mismatched.update(np.eye(3, inception.POOL3_DIM))
+        mismatched.save(path)
+        cases.append(({"eval.stats_file": path}, f"{field}: file {value!r}", "do not fit this evaluation"))
+    for changes, *fragments in cases:
+        before = snapshot_tree(str(tmp_path))
+        devices = 2 if "eval.num_samples" in changes else 1
+        fields = {**MOCK_CIFAR, **_mock_cifar_paths(tmp_path), **changes}
+        result = run_main(
+            "--config=configs/cifar10.py",
+            f"--workdir={workdir}",
+            "--mode=eval",
+            *(f"--config.{name}={value}" for name, value in fields.items()),
+            devices=devices,
+        )
+        _assert_one_error_line_and_nothing_written(result, before, snapshot_tree(str(tmp_path)), *fragments)
 
 
 def test_fid_stats_refuses_the_embedded_datasets():

@@ -246,3 +246,22 @@ def test_feature_fn_rows_do_not_depend_on_batching_or_devices(tmp_path):
             atol=1e-5 * np.abs(reference).max(),
         )
     np.testing.assert_array_equal(r["empty_shapes"], [[0, 2048], [0, 1008]])
+
+
+def test_the_pytorch_fid_comparison_fails_in_ci_instead_of_skipping(monkeypatch, tmp_path):
+    """Without the comparison environment the test skips locally but fails under CI, and .ci/run sets CI and
+    stops when the environment cannot be built (no ``export X="$(...)"``, which would hide the failure)."""
+    monkeypatch.delenv(FID_PYTHON_ENV, raising=False)
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match=FID_PYTHON_ENV):
+        pytorch_fid_python()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="is not set"):
+        pytorch_fid_python()
+    monkeypatch.setenv(FID_PYTHON_ENV, str(tmp_path / "no-python"))
+    with pytest.raises(pytest.fail.Exception, match="is not an executable"):
+        pytorch_fid_python()
+    ci = open(os.path.join(REPO, ".ci", "run")).read().splitlines()
+    assert 'export CI="${CI:-true}"' in ci
+    assert f'{FID_PYTHON_ENV}="$(bash .ci/pytorch_fid_env.sh)"' in ci and f"export {FID_PYTHON_ENV}" in ci
+    assert not any(line.startswith(f"export {FID_PYTHON_ENV}=") for line in ci)

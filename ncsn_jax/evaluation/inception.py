@@ -18,6 +18,17 @@ fixed batch size (one compilation per image size), split over the devices of a m
 ``fc`` bias, as the original Inception-score code (``pool_3 @ softmax/weights``) and torch-fidelity do;
 :func:`forward` returns both.
 
+Why not a package. Two JAX FID packages were checked on PyPI (2026-12-05, ``pip download --no-deps``) before
+this network was written; neither computes pytorch-fid's features on today's JAX / Flax:
+
+* ``jax-fid`` 0.0.2 (matthias-wright/jax-fid, the latest release): pins ``numpy==1.19.5``, ``Pillow==7.1.2``
+  and ``requests==2.23.0`` (no numpy 1.19 builds exist for Python ≥ 3.10), downloads its weights as a pickle
+  from a Dropbox link at construction (a re-export, not pytorch-fid's ``.pth``; no offline path, no
+  checksum), and does not resize to 299 by default; its layers follow pytorch-fid's, but it cannot be
+  installed beside this project's numpy 2 / Python 3.11;
+* ``fidjax`` 1.0.1: its source distribution does not build (``setup.py`` reads a ``requirements.txt`` the
+  sdist lacks: ``FileNotFoundError``), and there is no wheel.
+
 Weights: ``.npz`` files written by ``python -m ncsn_jax.evaluation.convert_inception`` from pytorch-fid's
 ``.pth`` (same tensor names and layouts as the state dict, plus a metadata entry recording the source file's
 SHA-256). Loading them needs neither PyTorch nor a network connection.
