@@ -383,7 +383,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
         paths = [os.path.join(out_dir, f"round_{i:05d}.npz") for i in range(len(evaluator.sizes))]
         finished = sum(os.path.isfile(path) for path in paths)  # the bar's rate and ETA: drawn rounds only
         with logging_utils.progress(
-            total=len(paths), initial=finished, desc=f"eval {step}", unit="round", enabled=jax.process_index() == 0
+            total=len(paths),
+            initial=finished,
+            desc=f"eval {step}",
+            unit="round",
+            enabled=jax.process_index() == 0,
         ) as bar:
             for index, path in enumerate(paths):
                 arrays = _read_round(path)
