@@ -162,6 +162,43 @@ def compiled_flops(compiled: Any) -> float:
     return float(analysis.get("flops", 0.0))
 
 
+CPU_PEAK_GFLOPS_PER_CORE = 91.0
+"""Float32 peak of one core of the development machine: its best measured single-core SGEMM (AMD EPYC, AVX-512)."""
+
+# Dense peak TFLOP/s per dtype from the vendors' data sheets (no sparsity). "tf32" is what float32 convolutions and
+# matrix products run at on these GPUs by default: JAX's default precision and PyTorch's cudnn.allow_tf32.
+GPU_PEAK_TFLOPS: dict[str, dict[str, float]] = {
+    "H100 PCIe": {"float32": 51.2, "tf32": 378.0, "bfloat16": 756.0},
+    "H100": {"float32": 66.9, "tf32": 494.7, "bfloat16": 989.4},  # SXM
+    "H200": {"float32": 66.9, "tf32": 494.7, "bfloat16": 989.4},
+    "A100": {"float32": 19.5, "tf32": 156.0, "bfloat16": 312.0},
+}
+
+
+def peak_tflops(dtype: str = "auto", threads: int = 0) -> tuple[float, str]:
+    """(peak TFLOP/s, what it is) of JAX's first device for ``dtype`` ("auto": float32 on the CPU, tf32 on a
+    GPU, the rate float32 convolutions actually run at): ``threads`` × :data:`CPU_PEAK_GFLOPS_PER_CORE` on the
+    CPU (0: every core), the data-sheet figure of :data:`GPU_PEAK_TFLOPS` on a GPU; ``(0.0, reason)`` when the
+    device is not in the table."""
+    import jax  # pylint: disable=g-import-not-at-top
+
+    device = jax.devices()[0]
+    if device.platform == "cpu":
+        dtype = "float32" if dtype == "auto" else dtype
+        if dtype != "float32":
+            return 0.0, f"no CPU peak for {dtype}"
+        cores = threads or len(os.sched_getaffinity(0))
+        return (
+            cores * CPU_PEAK_GFLOPS_PER_CORE / 1e3,
+            f"float32, {cores} x {CPU_PEAK_GFLOPS_PER_CORE:g} GFLOP/s",
+        )
+    dtype = "tf32" if dtype == "auto" else dtype
+    for name, peaks in GPU_PEAK_TFLOPS.items():  # "H100 PCIe" before "H100"
+        if name in device.device_kind and dtype in peaks:
+            return peaks[dtype], f"{dtype}, {name} data sheet"
+    return 0.0, f"no peak known for {device.device_kind} {dtype}: pass --peak_tflops"
+
+
 def write_json(name: str, payload: Any) -> str:
     """Writes ``benchmarks/results/<name>.json`` and returns its path."""
     os.makedirs(RESULTS_DIR, exist_ok=True)

@@ -5,13 +5,14 @@ benchmarks/README.md's "CPU train step" section).
   python benchmarks/cpu_train_step.py --threads=1 --profile --variants=default
   python benchmarks/cpu_train_step.py --micro --threads=1               # single convolutions, fwd / dx / dw
 
-* **Variants**: the project's train step (:class:`ncsn_jax.train.Trainer`, ``configs/cifar10.py``) compiled with
-  per-compilation XLA options (``compiled = jitted.lower(...).compile(compiler_options=...)``, so every variant
-  lives in one process) and timed interleaved with the authors' PyTorch step (as in ``vs_pytorch.py``):
+* **Variants**: the project's train step (:class:`ncsn_jax.train.Trainer`, ``configs/cifar10.py``) jitted with
+  per-compilation XLA options (``train.compile_train_step(..., xla_options=...)``, so every variant lives in one
+  process) and timed interleaved with the authors' PyTorch step (as in ``vs_pytorch.py``):
 
-  - ``default``: XLA:CPU as shipped (jax 0.10: convolutions and dots run as YNNPACK fusions);
+  - ``default``: XLA:CPU's own defaults (jax 0.10: convolutions and dots run as YNNPACK fusions);
   - ``eigen_convs``: ``xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT`` — dots stay on
-    YNNPACK, convolutions go to Eigen's spatial convolution;
+    YNNPACK, convolutions go to Eigen's spatial convolution (what the project's train step uses on the CPU,
+    ``ncsn_jax.compiler_options.for_backend``);
   - ``no_ynn``: ``xla_cpu_experimental_ynn_fusion_type=`` (empty) — no YNNPACK at all.
 
 * ``--profile``: one step of each variant under ``jax.profiler``; the XLA thunks are grouped (convolution
@@ -49,6 +50,7 @@ flags.DEFINE_integer("ngf", 128, "NCSNv2 width.")
 flags.DEFINE_integer("threads", 0, "Threads for both frameworks (0: all cores).")
 flags.DEFINE_integer("repeats", 3, "Timed, interleaved calls of each.")
 flags.DEFINE_bool("profile", False, "Break one step of each variant (and of torch) down by operation kind.")
+flags.DEFINE_integer("top_others", 10, "With --profile: list this many of the largest thunks of 'the rest'.")
 flags.DEFINE_bool("micro", False, "Time single convolutions instead of the train step.")
 flags.DEFINE_string("out", "cpu_train_step", "Name of the JSON file under benchmarks/results/ ('' to skip).")
 FLAGS = flags.FLAGS
@@ -91,14 +93,21 @@ def profile_ours(compiled, run) -> dict[str, float]:
             glob.glob(f"{directory}/**/*.xplane.pb", recursive=True)[0]
         )
     seconds: dict[str, float] = collections.defaultdict(float)
+    others: dict[str, float] = collections.defaultdict(float)
     for plane in trace.planes:
         for line in plane.lines:
             if "XLAEigen" not in line.name:  # the intra-op thread pool that runs the thunks
                 continue
             for event in line.events:
                 if not event.name.startswith("ThunkExecutor"):
-                    seconds[_categorise(event.name, hlo)] += event.duration_ns / 1e9
-    return dict(seconds)
+                    kind = _categorise(event.name, hlo)
+                    seconds[kind] += event.duration_ns / 1e9
+                    if kind == "elementwise, reductions, other":
+                        others[event.name] += event.duration_ns / 1e9
+    largest = sorted(others.items(), key=lambda item: -item[1])[: FLAGS.top_others]
+    for name, duration in largest:
+        print(f"  other {duration:7.3f} s  {name}: {hlo.get(name, '')[:160]}", file=sys.stderr)
+    return {**seconds, "largest others": {name: duration for name, duration in largest}}
 
 
 def profile_torch(torch, reference) -> dict[str, float]:
@@ -140,7 +149,18 @@ def train_step_rows(torch, info) -> list[dict]:
     calls, compiled_steps = {}, {}
     for variant in FLAGS.variants:
         state = trainer.init_state()
-        compiled = trainer.multi_step.lower(state, batch).compile(compiler_options=VARIANTS[variant] or None)
+        # The trainer's own step is jitted with the project's options (compiler_options.for_backend), which a
+        # later .compile(compiler_options=...) only adds to: each variant jits the step afresh with its own
+        # options alone ({} = XLA's defaults).
+        step = train.compile_train_step(
+            trainer.model,
+            config,
+            trainer.sigmas,
+            trainer.optimizer,
+            trainer.mesh,
+            xla_options=VARIANTS[variant],
+        )
+        compiled = step.lower(state, batch).compile()
         holder = {"state": state}
 
         def run(compiled=compiled, holder=holder):
@@ -171,7 +191,11 @@ def train_step_rows(torch, info) -> list[dict]:
                 else profile_ours(compiled_steps[name], calls[name])
             )
             row["profile_s"] = breakdown
-            print(f"{name}: " + ", ".join(f"{k} {v:.2f} s" for k, v in sorted(breakdown.items())), flush=True)
+            print(
+                f"{name}: "
+                + ", ".join(f"{k} {v:.2f} s" for k, v in sorted(breakdown.items()) if isinstance(v, float)),
+                flush=True,
+            )
         rows.append(row)
     return rows
 

@@ -86,7 +86,7 @@ def _samplers(batch_size: int):
                 "ald",
                 f"L=10 T={steps_each} eps=0.1",
                 20.0,
-                lambda fn=fn, t=steps_each: (fn(uniform, key), 10 * t),
+                lambda fn=fn, t=steps_each: (fn(uniform, key).samples, 10 * t),
             )
         )
 

@@ -153,7 +153,7 @@ def toy_rows(info, batch: int) -> list[dict]:
         key, step_key = jax.random.split(key)
         x = sampling.annealed_langevin_dynamics(
             score_fn, x, sigma[None], step_key, n_steps_each=1, step_lr=alpha
-        )
+        ).samples
         return x, key
 
     sigma_min = float(sigmas[-1])

@@ -2,7 +2,7 @@
 
   python benchmarks/vs_pytorch.py                                      # CIFAR-10 ngf 128, batch 16, CPU
   python benchmarks/vs_pytorch.py --batch_size=128 --models=ncsnv2
-  python benchmarks/vs_pytorch.py --device=gpu --batch_size=128 --peak_tflops=67   # H100 SXM fp32 (non-tensor)
+  python benchmarks/vs_pytorch.py --device=gpu --batch_size=128      # MFU against the GPU's TF32 peak
 
 The PyTorch side is the reference architecture re-typed from ermongroup/ncsn and ermongroup/ncsnv2
 (``tests/torch_reference.py``, loaded by path), trained as the reference trains it: ``anneal_dsm_score_estimation``
@@ -16,8 +16,10 @@ the machine's count (XLA sizes its thread pool from the schedulable CPUs).
 Timing: each model's steps run interleaved (one of ours, one of theirs, repeated ``--repeats`` times, after warm-up)
 and the table reports medians and the ratio ours / reference (< 1: ours is faster). MFU: FLOPs of one call from
 XLA's cost analysis of *our* compiled step (every op, not only the convolutions) divided by the time and by
-``--peak_tflops`` (the device's dense peak for float32; 0 skips it); the reference does the same arithmetic, so its
-MFU uses the same FLOP count. Writes ``benchmarks/results/<--out>.json``.
+the device's dense peak for the dtype (``common.peak_tflops``: float32 on the CPU, threads × the measured
+single-core SGEMM rate; TF32 on H100 / H200 / A100, at which float32 convolutions run by default in both
+frameworks; ``--peak_tflops`` overrides, 0 skips it); the reference does the same arithmetic, so its MFU uses the
+same FLOP count. Writes ``benchmarks/results/<--out>.json``.
 """
 
 from __future__ import annotations
@@ -41,8 +43,15 @@ flags.DEFINE_integer("warmup", 2, "Untimed calls of each side after compilation.
 flags.DEFINE_enum("device", "cpu", ["cpu", "gpu"], "cpu, or gpu (CUDA for torch, the GPU backend for JAX).")
 flags.DEFINE_float(
     "peak_tflops",
-    0.0,
-    "Device peak TFLOP/s for float32 (0: no MFU). this 2-core CPU: 0.182 (2 x 91 GFLOP/s, the best measured single-core SGEMM).",
+    -1.0,
+    "Device peak TFLOP/s for the MFU (-1: common.peak_tflops for --peak_dtype, i.e. threads x 91 GFLOP/s on "
+    "this CPU, the data sheet on H100/H200/A100; 0: no MFU).",
+)
+flags.DEFINE_enum(
+    "peak_dtype",
+    "auto",
+    ["auto", "float32", "tf32", "bfloat16"],
+    "Which peak: auto = float32 on the CPU, tf32 on a GPU (float32 convolutions run as TF32 there by default).",
 )
 flags.DEFINE_bool("train", True, "Time the train step.")
 flags.DEFINE_bool("forward", True, "Time the forward pass.")
@@ -119,6 +128,7 @@ def benchmark(kind: str, torch, info) -> list[dict]:
 
 
 def _row(kind, what, batch, medians, flops, info) -> dict:
+    peak = FLAGS.peak_tflops
     row = {
         "model": kind,
         "what": what,
@@ -130,9 +140,9 @@ def _row(kind, what, batch, medians, flops, info) -> dict:
         "gflop": flops / 1e9,
         "repeats": FLAGS.repeats,
     }
-    if FLAGS.peak_tflops > 0:
-        row["mfu_ours_%"] = 100 * flops / medians["ours"] / (FLAGS.peak_tflops * 1e12)
-        row["mfu_torch_%"] = 100 * flops / medians["torch"] / (FLAGS.peak_tflops * 1e12)
+    if peak > 0:
+        row["mfu_ours_%"] = 100 * flops / medians["ours"] / (peak * 1e12)
+        row["mfu_torch_%"] = 100 * flops / medians["torch"] / (peak * 1e12)
     print(
         f"{kind} {what} batch {batch}: ours {row['ours_ms']:.0f} ms, torch {row['torch_ms']:.0f} ms, "
         f"ratio {row['ratio']:.2f}",
@@ -155,11 +165,17 @@ def main(argv):
         "torch": torch.__version__,
         "xla_flags": os.environ["XLA_FLAGS"],
     }
+    if FLAGS.peak_tflops < 0:
+        FLAGS.peak_tflops, peak_note = common.peak_tflops(FLAGS.peak_dtype, threads)
+    else:
+        peak_note = "--peak_tflops"
+    info["peak_tflops"], info["peak"] = FLAGS.peak_tflops, peak_note
     print(f"# {info}", file=sys.stderr)
     rows = [row for kind in FLAGS.models for row in benchmark(kind, torch, info)]
     print(
         f"# {info['device']}, {threads} threads, jax {info['jax']}, torch {info['torch']}, {info['date']}, "
-        f"load {info['load_avg_1min']}; CIFAR-10 32x32 ngf {FLAGS.ngf}; median of {FLAGS.repeats} interleaved calls"
+        f"load {info['load_avg_1min']}; CIFAR-10 32x32 ngf {FLAGS.ngf}; median of {FLAGS.repeats} interleaved calls; "
+        f"MFU against {FLAGS.peak_tflops:g} TFLOP/s ({peak_note})"
     )
     columns = ["model", "what", "batch", "ours_ms", "torch_ms", "ratio", "gflop"]
     if FLAGS.peak_tflops > 0:

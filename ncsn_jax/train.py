@@ -150,8 +150,13 @@ def compile_train_step(
     sigmas: jax.Array,
     optimizer: optax.GradientTransformation,
     mesh: jax.sharding.Mesh,
+    xla_options: Mapping[str, Any] | None = None,
 ):
-    """Jit the multi-step function with the batch sharded over ``mesh`` and the state donated."""
+    """Jit the multi-step function with the batch sharded over ``mesh`` and the state donated.
+
+    ``xla_options`` are the per-compilation XLA options: ``None`` (the default) takes the project's
+    (:func:`ncsn_jax.compiler_options.for_backend`: on the CPU, convolutions on Eigen); ``{}`` compiles with
+    XLA's own defaults, as ``benchmarks/cpu_train_step.py`` does to compare them."""
     loss_fn = losses.get_loss_fn(config.training.loss, **config_lib.loss_options(config))
     step = make_multi_step(make_train_step(model, loss_fn, optimizer, sigmas, config.model.ema_rate))
     replicated = parallel.replicated(mesh)
@@ -160,7 +165,9 @@ def compile_train_step(
         in_shardings=(replicated, parallel.batch_sharded(mesh, leading_axes=1)),
         out_shardings=(replicated, replicated),
         donate_argnums=(0,),
-        compiler_options=compiler_options.for_backend(),
+        compiler_options=compiler_options.for_backend()
+        if xla_options is None
+        else (dict(xla_options) or None),
     )
 
 

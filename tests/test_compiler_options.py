@@ -3,11 +3,13 @@ loss and gradients agree with the default compilation to float32 rounding."""
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ncsn_jax import compiler_options
+from configs import toy
+from ncsn_jax import compiler_options, parallel, train, train_state
 
 
 def conv_and_dot(x, w, m):
@@ -48,3 +50,38 @@ def test_cpu_options_move_convolutions_off_ynnpack_with_the_same_values():
     # (measured against float64: both within 8e-7 of the largest entry).
     for a, b in zip(jax.tree.leaves(default(x, w, m)), jax.tree.leaves(eigen(x, w, m)), strict=True):
         np.testing.assert_allclose(a, b, rtol=0, atol=2e-5 * float(jnp.max(jnp.abs(a))))
+
+
+class _ConvScore(nn.Module):
+    """One 3×3 convolution at 16×16×64, large enough that XLA:CPU's defaults make it (forward, input and weight
+    gradient) YNNPACK fusions."""
+
+    @nn.compact
+    def __call__(self, x, sigma):
+        return nn.Conv(x.shape[-1], (3, 3))(x) / sigma[:, None, None, None]
+
+
+def _compiled_train_step(**kwargs):
+    config = toy.get_config()
+    model, optimizer, sigmas = _ConvScore(), train_state.create_optimizer(config.optim), jnp.array([1.0, 0.5])
+    shape = (16, 16, 64)
+    state = train_state.init_train_state(model, config, shape, optimizer)
+    mesh = parallel.create_mesh()
+    batch = parallel.global_batch(np.zeros((1, 4, *shape), np.float32), mesh, leading_axes=1)
+    step = train.compile_train_step(model, config, sigmas, optimizer, mesh, **kwargs)
+    return step.lower(state, batch).compile()
+
+
+def test_train_step_compiles_with_the_cpu_options_and_xla_defaults_on_request():
+    """The project's train step (what Trainer.create jits) takes ``for_backend()``: on the CPU its convolutions,
+    forward and both gradients, are off YNNPACK; ``xla_options={}`` gives XLA's own compilation back (the
+    baseline of benchmarks/cpu_train_step.py), with the convolutions on YNNPACK."""
+
+    def ynn_convolutions(compiled):
+        return sum(
+            "__ynn_fusion" in line and "conv_general_dilated" in line
+            for line in compiled.as_text().splitlines()
+        )
+
+    assert ynn_convolutions(_compiled_train_step(xla_options={})) >= 2
+    assert ynn_convolutions(_compiled_train_step()) == 0

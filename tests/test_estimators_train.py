@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import digits, toy
+from configs import digits, toy, toy_single_sigma
 from ncsn_jax import config_lib, datasets, errors, generate, losses, mixtures, models, train
 from ncsn_jax.evaluation import held_out
 
@@ -159,14 +159,12 @@ SINGLE_SIGMA = 0.5
 
 
 def _single_sigma_config(loss: str):
-    """The toy experiment at one noise level with the unconditional MLP."""
-    config = toy.get_config()
-    config.model.sigma_conditioning = "none"
-    config.model.num_scales = 1
-    config.model.sigma_max = config.model.sigma_min = SINGLE_SIGMA
+    """``configs/toy_single_sigma.py`` (the toy experiment at one noise level with the unconditional MLP) with
+    ``training.loss = loss``: the config a user runs, so the test proves it reachable from a config."""
+    config = toy_single_sigma.get_config()
+    assert config.model.sigma_conditioning == "none"
+    assert config.model.num_scales == 1 and config.model.sigma_max == config.model.sigma_min == SINGLE_SIGMA
     config.training.loss = loss
-    config.training.batch_size = 256
-    config.optim.lr = 1e-3
     return config
 
 
