@@ -187,24 +187,14 @@ def loss_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return options
 
 
-def sigmas(config: ml_collections.ConfigDict) -> np.ndarray:
-    """The descending geometric noise levels σ₁ > … > σ_L (float32) of ``config.model.{sigma_max, sigma_min,
-    num_scales}``, whose ``"auto"`` fields must be resolved: σᵢ = σ₁ (σ_L/σ₁)^((i−1)/(L−1)).
+sigmas = noise.config_sigmas
+"""The descending geometric noise levels σ₁ > … > σ_L (float32) of ``config.model.{sigma_max, sigma_min,
+num_scales}``, whose ``"auto"`` fields must be resolved: σᵢ = σ₁ (σ_L/σ₁)^((i−1)/(L−1)).
 
-    The one table of a config: the train step, the samplers, NCSN's level lookup and the check of a
-    converted checkpoint's ``sigmas`` buffer all use it.
-    """
-    for name in ("sigma_max", "num_scales"):
-        if is_auto(config.model[name]):
-            raise ValueError(
-                f"config.model.{name} is 'auto': resolve 'auto' fields first (config_lib.resolve_auto_fields)."
-            )
-    return np.asarray(
-        noise.geometric_sigmas(
-            float(config.model.sigma_max), float(config.model.sigma_min), int(config.model.num_scales)
-        ),
-        np.float32,
-    )
+The one table of a config (the function :func:`ncsn_jax.noise.config_sigmas` itself, which the models use
+without importing this module): the train step, the samplers, NCSN's level lookup and the check of a
+converted checkpoint's ``sigmas`` buffer all use it.
+"""
 
 
 def resolve_auto_fields(

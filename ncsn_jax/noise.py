@@ -51,6 +51,29 @@ def geometric_sigmas(sigma_max: float, sigma_min: float, num_scales: int) -> np.
     return sigmas.astype(np.float32)
 
 
+def config_sigmas(config) -> np.ndarray:
+    """The noise table of a config: :func:`geometric_sigmas` of ``config.model.{sigma_max, sigma_min,
+    num_scales}`` (float32, descending), whose ``"auto"`` fields must be resolved.
+
+    The one function that builds a config's table, also reached as :func:`ncsn_jax.config_lib.sigmas`: the
+    train step, the samplers, NCSN's level lookup (:mod:`ncsn_jax.models.ncsn`) and the check of a converted
+    checkpoint's ``sigmas`` buffer all use it. It lives here, below :mod:`ncsn_jax.models`, so that the
+    models need not import :mod:`ncsn_jax.config_lib` (which imports them to check a config's names).
+
+    Raises:
+      ValueError: ``sigma_max`` or ``num_scales`` is still ``"auto"`` (resolve it first with
+        :func:`ncsn_jax.config_lib.resolve_auto_fields`).
+    """
+    model = config.model
+    for name in ("sigma_max", "num_scales"):
+        if isinstance(model[name], str):  # config_lib.validate admits no string but "auto"
+            raise ValueError(
+                f"config.model.{name} is {model[name]!r}: resolve 'auto' fields first "
+                "(config_lib.resolve_auto_fields)."
+            )
+    return geometric_sigmas(float(model.sigma_max), float(model.sigma_min), int(model.num_scales))
+
+
 def max_pairwise_distance(x, *, max_points: int = 2048, seed: int = 0, chunk_size: int = 256) -> float:
     """Technique 1 of NCSNv2 (§3.1): ``σ₁ ≈ max_{i≠j} ‖x⁽ⁱ⁾ − x⁽ʲ⁾‖₂`` over the training data.
 

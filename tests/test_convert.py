@@ -21,13 +21,13 @@ import pytest
 
 from ncsn_jax import errors, models, noise
 from ncsn_jax.models import convert, layers, normalization
+from tests.helpers import REPO as REPO_DIR
 from tests.torch_reference import build_torch_reference, nchw, nhwc, randomize_norm_parameters
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 REFERENCE_DIRS = [
     os.environ.get("NCSN_JAX_REFERENCE_DIR", ""),
-    REPO / "tests" / "data" / "reference",
-    REPO.parent / "shared" / "reference",
+    pathlib.Path(REPO_DIR) / "tests" / "data" / "reference",
+    pathlib.Path(REPO_DIR).parent / "shared" / "reference",
 ]
 
 

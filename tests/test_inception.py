@@ -23,9 +23,9 @@ import pytest
 
 from ncsn_jax import errors
 from ncsn_jax.evaluation import inception
+from tests.helpers import REPO
 from tests.helpers import random_inception_state_dict as random_state_dict
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FID_PYTHON_ENV = "NCSN_PYTORCH_FID_PYTHON"
 RELATIVE_TOLERANCE = 1e-4
 

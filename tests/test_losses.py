@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -21,8 +20,8 @@ import numpy as np
 import pytest
 
 from ncsn_jax import losses
+from tests.helpers import REPO
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 PROJECTIONS = ("rademacher", "gaussian", "sphere")
 N_STANDARD_ERRORS = 5.0
 
@@ -582,12 +581,12 @@ def test_losses_are_sharding_invariant():
         **os.environ,
         "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
         "JAX_PLATFORMS": "cpu",
-        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]),
     }
     result = subprocess.run(
         [sys.executable, "-c", SHARDING_SCRIPT],
         env=env,
-        cwd=REPO_ROOT,
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=300,

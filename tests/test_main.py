@@ -138,9 +138,18 @@ def test_inpainting_from_the_command_line_keeps_the_plain_samples(digits_workdir
     test_images = datasets.create_dataset(digits.get_config(), "test").sample_examples(1000)
     for image in reference:
         assert np.min(np.abs(test_images - image).reshape(len(test_images), -1).max(-1)) == 0.0
-    # Three panels of a 3×3 grid of 8×8 images (2-pixel padding), 8-pixel gaps, upscaled 16×.
+    # Three panels of a 3×3 grid of 8×8 images (2-pixel padding), 8-pixel gaps, upscaled 16×: original,
+    # masked input (right half black), completion, each image in the same cell of its panel.
     grid = 3 * (8 + 2) + 2
-    assert Image.open(os.path.join(out_dir, "samples.png")).size == (16 * (3 * grid + 2 * 8), 16 * grid)
+    picture = Image.open(os.path.join(out_dir, "samples.png"))
+    assert picture.size == (16 * (3 * grid + 2 * 8), 16 * grid)
+    pixels = np.asarray(picture)[::16, ::16]
+    for panel, images in enumerate((reference, reference * mask, samples)):
+        for i, image in enumerate(images):
+            row, col = divmod(i, 3)
+            top, left = 2 + row * 10, panel * (grid + 8) + 2 + col * 10
+            expected = (np.clip(image[..., 0], 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+            np.testing.assert_array_equal(pixels[top : top + 8, left : left + 8], expected, f"{panel}, {i}")
 
 
 @pytest.mark.slow

@@ -7,7 +7,8 @@ import re
 import subprocess
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import REPO
+
 README = open(os.path.join(REPO, "README.md")).read()
 
 

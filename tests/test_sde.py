@@ -3,9 +3,6 @@ Gaussian-mixture scores, exact moment recursions of the linear Gaussian chains, 
 implementation of PC, the 1-D transport map of the toy mixture, Jacobian determinants and exact densities."""
 
 import math
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -22,6 +19,7 @@ from ncsn_jax.models.ncsn import CondRefineNetDilated, nearest_level_index
 from ncsn_jax.models.ncsnv2 import NCSNv2
 from ncsn_jax.sde import VESDE, check_continuous_sigma, supports_continuous_sigma
 from ncsn_jax.sde_sampling import ode_encode, ode_sampler, pc_sampler
+from tests.helpers import run_python
 
 TOY = mixtures.ncsn_toy_mixture()
 MODE_SEPARATION = 5.0 * math.sqrt(2.0)  # |μ_k · u| of the toy modes ±5·1 along u = (1, 1)/√2
@@ -489,10 +487,5 @@ SHARDED_SCRIPT = textwrap.dedent(
 
 @pytest.mark.slow
 def test_sharded_batches_give_the_same_results_as_one_device():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = os.pathsep.join([repo_root, env.get("PYTHONPATH", "")])
-    result = subprocess.run(
-        [sys.executable, "-c", SHARDED_SCRIPT], env=env, capture_output=True, text=True, timeout=300
-    )
+    result = run_python(SHARDED_SCRIPT, devices=8, timeout=300)
     assert result.returncode == 0 and "SHARDED_OK" in result.stdout, result.stderr[-3000:]

@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ncsn_jax.models import convert, layers, mlp, ncsn, ncsnv2, normalization, registry  # noqa: F401 (registers)
+from ncsn_jax.models import layers, mlp, ncsn, ncsnv2, normalization, registry  # noqa: F401 (registers)
 from ncsn_jax.models.mlp import NoiseConditionalMLP
 from ncsn_jax.models.ncsn import CondRefineNetDilated
 from ncsn_jax.models.ncsnv2 import NCSNv2, NCSNv2Deeper, NCSNv2Deepest

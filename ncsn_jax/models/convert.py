@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ncsn_jax import errors
+from ncsn_jax import config_lib, errors, models, noise
 
 # Torch buffers that are not parameters of the Flax models.
 SIGMAS_BUFFER = "sigmas"
@@ -139,12 +139,10 @@ def map_state_dict(
 
 def _check_sigmas(sigmas: np.ndarray, config: Any) -> None:
     """Compares a checkpoint's ``sigmas`` buffer with the config's table (skipped for ``"auto"`` fields)."""
-    from ncsn_jax import config_lib  # pylint: disable=g-import-not-at-top
-
     model = config.model
     if config_lib.is_auto(model.sigma_max) or config_lib.is_auto(model.num_scales):
         return  # nothing to compare with
-    expected = config_lib.sigmas(config)
+    expected = noise.config_sigmas(config)
     sigmas = np.asarray(sigmas, np.float64).reshape(-1)
     if sigmas.shape != expected.shape or not np.allclose(sigmas, expected, rtol=1e-5, atol=0.0):
         raise errors.UserError(
@@ -163,8 +161,6 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], config: Any) -> dict[st
     noise levels; any other leftover key is an error. Raises :class:`~ncsn_jax.errors.UserError` naming
     every offending key.
     """
-    from ncsn_jax import models  # pylint: disable=g-import-not-at-top  (models imports this module's package)
-
     model = models.create(config)
     target = models.abstract_variables(model, (1, *models.example_shape(config)))["params"]
     params, leftover = map_state_dict(state_dict, target)

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ncsn_jax import config_lib
+from ncsn_jax import noise
 from ncsn_jax.models import layers, registry
 from ncsn_jax.models.ncsnv2 import prepare_inputs
 from ncsn_jax.models.normalization import get_normalization
@@ -116,7 +116,7 @@ class CondRefineNetDilated(nn.Module):
 def build_ncsn(config: Any) -> CondRefineNetDilated:
     model = config.model
     return CondRefineNetDilated(
-        sigmas=tuple(float(s) for s in config_lib.sigmas(config)),
+        sigmas=tuple(float(s) for s in noise.config_sigmas(config)),
         ngf=int(model.get("ngf", 128)),
         centered=bool(config.data.get("centered", False)),
         normalization=str(model.get("normalization", "InstanceNorm++")),
