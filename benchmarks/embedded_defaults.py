@@ -3,22 +3,25 @@
   python benchmarks/embedded_defaults.py                 # toy and digits, defaults, no overrides
   python benchmarks/embedded_defaults.py --configs=toy
 
-For each config: train from scratch into a fresh workdir, then sample; prints the wall time of each phase
-(process start, JAX import and compilation included) and a quality figure: for the toy mixture the weight of
-the +5·1 mode among the samples (target 0.8), for the digits the mean distance from each sample to its
-nearest training image divided by the same for held-out test images (≈1 means samples sit as close to the
-data as real unseen digits do).
+For each config: train from scratch into a fresh workdir, then sample, then evaluate (``--mode=eval``); prints
+the wall time of each phase (process start, JAX import and compilation included) and a quality figure from the
+eval report: for the toy mixture the weight of the +5·1 mode among the samples (target 0.8), for the digits
+the digits metric (``ncsn_jax.evaluation.digits``: Inception score as a fraction of the real held-out digits',
+Fréchet distance next to the real split's bootstrap mean ± std, smallest / largest class share,
+nearest-neighbour distance ratio and memorised share). Writes ``benchmarks/results/embedded_defaults.json``.
+The goal for the digits (issue 12): train + sample ≤ 180 s on 2 cores, IS ≥ 95 % of the real digits'.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
 
-import numpy as np
+import common
 from absl import app, flags
 
 flags.DEFINE_list("configs", ["toy", "digits"], "Embedded configs to run.")
@@ -45,36 +48,45 @@ def _run(config: str, workdir: str, mode: str) -> float:
     return time.perf_counter() - start
 
 
-def _quality(config: str, samples: np.ndarray) -> str:
+def _quality(config: str, metrics: dict) -> str:
     if config == "toy":
-        return f"+5 mode weight {np.mean(samples.sum(-1) > 0):.3f} (target 0.8)"
-    sys.path.insert(0, REPO)
-    from configs import digits  # pylint: disable=import-outside-toplevel
-    from ncsn_jax import datasets  # pylint: disable=import-outside-toplevel
-
-    cfg = digits.get_config()
-    train = datasets.create_dataset(cfg, "train").sample_examples(10_000).reshape(-1, 64)
-    test = datasets.create_dataset(cfg, "test").sample_examples(10_000).reshape(-1, 64)
-    nearest = lambda x: np.sqrt(((x[:, None] - train[None]) ** 2).sum(-1).min(1)).mean()
-    ratio = nearest(samples.reshape(-1, 64)) / nearest(test)
-    return f"nearest-train distance ratio samples/test {ratio:.2f}"
+        weights = ", ".join(f"{w:.3f}" for w in metrics["mode_weights"])
+        true = ", ".join(f"{w:.2f}" for w in metrics["true_weights"])
+        return f"mode weights {weights} (true {true})"
+    ours, real_fd = metrics["samples"], metrics["real_train_bootstrap_fd"]
+    return (
+        f"IS {100 * metrics['is_fraction_of_real']:.1f} % of real, FD {ours['frechet_distance']:.2f} "
+        f"(real {real_fd['mean']:.2f} ± {real_fd['std']:.2f}), classes {ours['min_class_share']:.3f}-"
+        f"{ours['max_class_share']:.3f}, NN ratio {ours['nn_distance_ratio']:.2f}, "
+        f"memorised {ours['memorized_share']:.3f}"
+    )
 
 
 def main(argv):
     del argv
     root = FLAGS.workdir or tempfile.mkdtemp(prefix="ncsn_defaults_")
     print(f"# {os.cpu_count()} CPU cores; runs under {root}")
-    print("| config | train s | sample s | quality |")
-    print("|---|---|---|---|")
+    print("| config | train s | sample s | train + sample s | eval s | quality (eval report) |")
+    print("|---|---|---|---|---|---|")
+    rows = []
     for config in FLAGS.configs:
         workdir = os.path.join(root, config)
         train_s = _run(config, workdir, "train")
         sample_s = _run(config, workdir, "sample")
-        step = max(os.listdir(os.path.join(workdir, "samples")), key=int)
-        samples = np.load(os.path.join(workdir, "samples", step, "annealed_langevin-seed0", "samples.npz"))[
-            "samples"
-        ]
-        print(f"| {config} | {train_s:.0f} | {sample_s:.0f} | {_quality(config, samples)} |", flush=True)
+        eval_s = _run(config, workdir, "eval")
+        step = max((d for d in os.listdir(os.path.join(workdir, "eval")) if d.isdigit()), key=int)
+        with open(os.path.join(workdir, "eval", step, "report.json")) as f:
+            metrics = json.load(f)["metrics"]
+        quality = _quality(config, metrics)
+        print(
+            f"| {config} | {train_s:.0f} | {sample_s:.0f} | {train_s + sample_s:.0f} | {eval_s:.0f} | {quality} |",
+            flush=True,
+        )
+        rows.append(
+            dict(config=config, train_s=train_s, sample_s=sample_s, eval_s=eval_s, quality=quality,
+                 metrics=metrics, **common.machine())
+        )
+    print("wrote", common.write_json("embedded_defaults", rows))
 
 
 if __name__ == "__main__":

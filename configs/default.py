@@ -33,7 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     # ---- model ------------------------------------------------------------------------------------------
     config.model = model = ml_collections.ConfigDict()
-    model.name = "ncsnv2"  # ncsn | ncsnv2 | ncsnv2_deeper | ncsnv2_deepest | mlp
+    model.name = "ncsnv2"  # ncsn | ncsnv2 | ncsnv2_deeper | ncsnv2_deepest | mlp | unet
     model.sigma_max = number_or_auto(50.0)
     model.sigma_min = 0.01
     model.num_scales = number_or_auto(232)
@@ -41,11 +41,11 @@ def get_config() -> ml_collections.ConfigDict:
     model.ngf = 128
     model.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
     model.normalization = "InstanceNorm++"
-    model.nonlinearity = "elu"
-    # Only for name="mlp":
+    model.nonlinearity = "elu"  # elu | relu | swish … (models.layers.ACTIVATIONS)
+    # Only for name="mlp" (data_std also for name="unet"):
     model.hidden_dims = (128, 128, 128)
     model.sigma_conditioning = "embedding"  # embedding (log sigma) | scale (f(x)/sigma) | none (num_scales=1)
-    model.data_std = 1.0  # typical per-coordinate scale of the data (input rescaling of the MLP)
+    model.data_std = 1.0  # typical per-coordinate scale of the data (input rescaling of the MLP and U-Net)
 
     # ---- training ---------------------------------------------------------------------------------------
     config.training = training = ml_collections.ConfigDict()

@@ -25,9 +25,12 @@ from ncsn_jax import generate, models, noise
 from tests.helpers import REPO, check_ok, run_main, sample_dir, subprocess_env
 from tests.torch_reference import build_torch_reference, nchw, nhwc, randomize_norm_parameters
 
-# NCSNv2 checkpoint: configs/digits.py (8x8x1, "auto" noise levels and step size) with ngf 4.
-V2_ARGS = ["--config=configs/digits.py", "--config.model.ngf=4"]
-V2_SIGMAS = noise.geometric_sigmas(6.0, 0.01, 7)  # digits' sigma_min; sigma_max and L come from the file
+# NCSNv2 checkpoint: configs/digits.py (8x8x1, "auto" noise levels and step size) with the reference network
+# (NCSNv2, ELU) in place of its U-Net, ngf 4, and the reference's sigma_min.
+V2_MODEL = {"name": "ncsnv2", "nonlinearity": "elu", "sigma_min": 0.01}
+V2_CONFIG = ["--config=configs/digits.py", *(f"--config.model.{k}={v}" for k, v in V2_MODEL.items())]
+V2_ARGS = [*V2_CONFIG, "--config.model.ngf=4"]
+V2_SIGMAS = noise.geometric_sigmas(6.0, 0.01, 7)  # sigma_min as above; sigma_max and L come from the file
 V2_STEP = 1234
 # NCSN checkpoint: configs/mnist.py (28x28x1, CondRefineNetDilated, sigma 1 -> 0.01, L = 10) with ngf 8.
 V1_ARGS = ["--config=configs/mnist.py", "--config.model.ngf=8"]
@@ -132,7 +135,7 @@ def ncsn_checkpoint(torch_ref, tmp_path_factory):
 
 def digits_config(**sampling):
     config = digits.get_config()
-    config.model.ngf = 4
+    config.model.update(V2_MODEL, ngf=4)
     config.sampling.update(sampling)
     return config
 
@@ -163,11 +166,11 @@ def test_ncsnv2_checkpoint_restores_the_torch_models(torch_ref, ncsnv2_checkpoin
 
     config, model, ema_params, sigmas, meta = generate.restore_for_sampling(digits_config(), workdir)
     # The "auto" fields were read from the file: sigma_1 and L from its sigmas buffer, and the step size
-    # from technique 4 on those levels (D = 64, T = 5).
+    # from technique 4 on those levels (D = 64, the config's T).
     assert meta["step"] == V2_STEP
     assert config.model.num_scales == 7 and config.model.sigma_max == pytest.approx(6.0, rel=1e-6)
     np.testing.assert_allclose(sigmas, V2_SIGMAS, rtol=1e-6)
-    assert config.sampling.step_lr == pytest.approx(noise.langevin_step_lr(V2_SIGMAS, 64, 5), rel=1e-6)
+    assert config.sampling.step_lr == pytest.approx(noise.langevin_step_lr(V2_SIGMAS, 64, config.sampling.n_steps_each), rel=1e-6)
     ema_out = flax_scores(model, ema_params, sigmas, x, levels)
     assert_close(ema_out, torch_scores(torch, t_ema, x, levels))
 
@@ -277,7 +280,7 @@ def test_checkpoint_of_another_config_names_the_keys(ncsnv2_checkpoint, tmp_path
     path, _, _ = ncsnv2_checkpoint
     workdir = tmp_path / "w"
     result = run_convert(
-        f"--checkpoint={path}", "--config=configs/digits.py", "--config.model.ngf=8", f"--workdir={workdir}"
+        f"--checkpoint={path}", *V2_CONFIG, "--config.model.ngf=8", f"--workdir={workdir}"
     )
     assert_one_line_error(
         result, "do not fit --config", "begin_conv.weight: checkpoint (4, 1, 3, 3) != model (8, 1, 3, 3)"

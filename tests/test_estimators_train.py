@@ -131,7 +131,7 @@ def test_digits_ncsnv2_trained_with_ssm_vr_lowers_held_out_losses():
     config = digits.get_config()
     config.training.loss = "ssm_vr"
     config.training.batch_size = 32
-    config.model.ngf = 8
+    config.model.update(name="ncsnv2", nonlinearity="elu", sigma_min=0.01, ngf=8)  # NCSNv2's own network
     config.optim.warmup = 10
     dataset = datasets.create_dataset(config, "train")
     config, _ = config_lib.resolve_auto_fields(config, dataset)

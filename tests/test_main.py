@@ -66,31 +66,58 @@ def test_toy_defaults_without_overrides(tmp_path):
     assert abs(positive_mode_weight(samples) - TOY_WEIGHT) <= 0.05
 
 
+DIGITS_STEPS = 800
 DIGITS = [
     "--config=configs/digits.py",
-    "--config.training.n_iters=60",
-    "--config.training.log_freq=20",
-    "--config.training.snapshot_freq=60",
+    f"--config.training.n_iters={DIGITS_STEPS}",
+    "--config.training.log_freq=200",
+    f"--config.training.snapshot_freq={DIGITS_STEPS}",
     "--config.training.snapshot_sampling=False",
-    "--config.model.ngf=8",
+    "--config.model.ngf=16",
     "--config.sampling.batch_size=8",
-    "--config.sampling.n_steps_each=1",
+    "--config.eval.num_samples=500",
 ]
 
 
 @pytest.fixture(scope="module")
 def digits_workdir(tmp_path_factory) -> str:
-    """A 60-step NCSNv2 (ngf 8) on the 8×8 digits with the "auto" noise schedule, sampled once."""
+    """The digits default shortened for CI (800 steps, ngf 16: ~30 s) with its "auto" noise schedule,
+    sampled once and evaluated once (500 samples)."""
     workdir = str(tmp_path_factory.mktemp("digits") / "digits")
     check_ok(run_main(*DIGITS, f"--workdir={workdir}", "--mode=train"))
     check_ok(run_main(*DIGITS, f"--workdir={workdir}", "--mode=sample"))
+    check_ok(run_main(*DIGITS, f"--workdir={workdir}", "--mode=eval"))
     return workdir
 
 
+def _digits_quality_floor(report: dict) -> list[str]:
+    """What the shortened digits default must reach on the digits metric (``evaluation.digits``); returns
+    the failed criteria. Measured for this run: IS {CI_IS}% of the real test digits', every class > 7 %."""
+    samples, fd = report["samples"], report["real_train_bootstrap_fd"]
+    failed = []
+    if report["is_fraction_of_real"] < 0.6:
+        failed.append(f"IS fraction {report['is_fraction_of_real']:.3f} < 0.6")
+    if samples["min_class_share"] < 0.04:
+        failed.append(f"smallest class share {samples['min_class_share']:.3f} < 0.04")
+    if samples["frechet_distance"] > fd["mean"] + 10 * fd["std"] + 4.0:
+        failed.append(f"FD {samples['frechet_distance']:.2f} far above the real {fd['mean']:.2f}")
+    if samples["memorized_share"] > 0.02:
+        failed.append(f"memorised share {samples['memorized_share']:.3f} > 0.02")
+    return failed
+
+
 @pytest.mark.slow
-def test_digits_end_to_end_with_auto_noise_schedule(digits_workdir):
+def test_digits_end_to_end_with_auto_noise_schedule_and_a_quality_floor(digits_workdir):
+    """train → sample → eval through main.py: the "auto" fields are NCSNv2's techniques recomputed here, and
+    the samples clear a quality floor on the digits metric that the same network with the sign of its score
+    flipped, or blind to σ (the score of σ₁ at every level), does not."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
     from configs import digits
-    from ncsn_jax import datasets, noise
+    from ncsn_jax import datasets, generate, noise, parallel
+    from ncsn_jax.evaluation import digits as digits_metric
 
     workdir = digits_workdir
     # "auto" fields were computed from the data with NCSNv2's techniques (recomputed here independently).
@@ -99,13 +126,45 @@ def test_digits_end_to_end_with_auto_noise_schedule(digits_workdir):
     examples = datasets.create_dataset(config, "train").sample_examples(10_000, seed=config.seed)
     flat = examples.reshape(len(examples), -1).astype(np.float64)
     brute_force = np.sqrt(np.max(((flat[:, None] - flat[None]) ** 2).sum(-1)))
+    sigma_min, steps_each = config.model.sigma_min, config.sampling.n_steps_each
     assert resolved["model.sigma_max"] == pytest.approx(brute_force, rel=1e-4)
-    assert resolved["model.num_scales"] == noise.num_scales_for_overlap(resolved["model.sigma_max"], 0.01, 64)
-    sigmas = noise.geometric_sigmas(resolved["model.sigma_max"], 0.01, resolved["model.num_scales"])
-    assert resolved["sampling.step_lr"] == pytest.approx(noise.langevin_step_lr(sigmas, 64, 1), rel=1e-6)
+    assert resolved["model.num_scales"] == noise.num_scales_for_overlap(resolved["model.sigma_max"], sigma_min, 64)
+    sigmas = noise.geometric_sigmas(resolved["model.sigma_max"], sigma_min, resolved["model.num_scales"])
+    assert resolved["sampling.step_lr"] == pytest.approx(noise.langevin_step_lr(sigmas, 64, steps_each), rel=1e-6)
 
-    samples = load_samples(workdir, 60)["samples"]
+    samples = load_samples(workdir, DIGITS_STEPS)["samples"]
     assert samples.shape == (8, 8, 8, 1) and np.all(np.isfinite(samples))
+
+    report = json.load(open(os.path.join(workdir, "eval", str(DIGITS_STEPS), "report.json")))
+    assert report["num_samples"] == 500
+    assert _digits_quality_floor(report["metrics"]) == [], report["metrics"]
+
+    # The floor means something: two broken versions of the same trained network fall below it.
+    config.model.ngf = 16
+    restored = generate.restore_for_sampling(config, workdir)
+
+    class Broken(nn.Module):
+        inner: nn.Module
+        fault: str
+
+        def __call__(self, x, sigma):
+            if self.fault == "sign":
+                return -self.inner(x, sigma)
+            return self.inner(x, jnp.full_like(sigma, restored.sigmas[0]))  # σ-blind
+
+    for fault in ("sign", "sigma"):
+        broken = generate.draw_samples(
+            restored.config,
+            Broken(restored.model, fault),
+            {"inner": restored.params},
+            restored.sigmas,
+            jax.random.PRNGKey(0),
+            500,
+            restored.example_shape,
+            parallel.create_mesh(),
+        ).samples
+        broken_report = digits_metric.digits_report(broken, classifier_path=os.path.join(workdir, "eval"))
+        assert _digits_quality_floor(broken_report), (fault, broken_report["is_fraction_of_real"])
 
 
 @pytest.mark.slow
@@ -117,17 +176,17 @@ def test_inpainting_from_the_command_line_keeps_the_plain_samples(digits_workdir
     from configs import digits
     from ncsn_jax import datasets
 
-    plain = os.path.join(sample_dir(digits_workdir, 60), "samples.npz")
+    plain = os.path.join(sample_dir(digits_workdir, DIGITS_STEPS), "samples.npz")
     plain_before = (os.path.getmtime(plain), open(plain, "rb").read())
     result = run_main(
         *DIGITS, f"--workdir={digits_workdir}", "--mode=sample", "--config.sampling.method=inpainting"
     )
     check_ok(result)
-    out_dir = sample_dir(digits_workdir, 60, "inpainting")
+    out_dir = sample_dir(digits_workdir, DIGITS_STEPS, "inpainting")
     assert f"Samples written to {out_dir}" in result.stdout
     assert (os.path.getmtime(plain), open(plain, "rb").read()) == plain_before
 
-    written = load_samples(digits_workdir, 60, "inpainting")
+    written = load_samples(digits_workdir, DIGITS_STEPS, "inpainting")
     samples, reference, mask = written["samples"], written["reference"], written["mask"]
     assert samples.shape == reference.shape == (8, 8, 8, 1) and mask.shape == (8, 8, 1)
     np.testing.assert_array_equal(mask[:, :4], 1.0)
@@ -162,7 +221,7 @@ def test_interpolation_from_the_command_line(digits_workdir):
         "--config.sampling.n_interpolations=4",
     )
     check_ok(result)
-    samples = load_samples(digits_workdir, 60, "interpolation")["samples"].reshape(2, 4, 8, 8, 1)
+    samples = load_samples(digits_workdir, DIGITS_STEPS, "interpolation")["samples"].reshape(2, 4, 8, 8, 1)
     assert np.all(np.isfinite(samples))
     # Each row starts all its chains from one state and only their noise differs: the chains of a row are
     # distinct, and the two rows (different starts and noise) are too.

@@ -63,9 +63,9 @@ def abstract_params(config):
 
 
 def test_registry_names_and_unknown_name_error():
-    assert set(models.MODEL_NAMES) == {"ncsn", "ncsnv2", "ncsnv2_deeper", "ncsnv2_deepest", "mlp"}
+    assert set(models.MODEL_NAMES) == {"ncsn", "ncsnv2", "ncsnv2_deeper", "ncsnv2_deepest", "mlp", "unet"}
     with pytest.raises(
-        errors.UserError, match="valid names: mlp, ncsn, ncsnv2, ncsnv2_deeper, ncsnv2_deepest"
+        errors.UserError, match="valid names: mlp, ncsn, ncsnv2, ncsnv2_deeper, ncsnv2_deepest, unet"
     ):
         models.create(make_config("ncsnv3"))
 
@@ -205,6 +205,27 @@ def test_forward_conv_flops(name, image_size, gflops, digits):
     assert models.conv_flops(model, (4, image_size, image_size, 3)) == 4 * flops
 
 
+def _jaxpr_conv_flops(model, input_shape) -> int:
+    """A second count: ``2 · |output| · C_in · k_h · k_w`` of every ``conv_general_dilated`` in the jaxpr
+    of the forward pass (whatever module issued it)."""
+    variables = models.abstract_variables(model, input_shape)
+    x = jnp.zeros(input_shape)
+    jaxpr = jax.make_jaxpr(lambda v, x: model.apply(v, x, jnp.ones(input_shape[0])))(variables, x)
+    total = 0
+    for eqn in _equations(jaxpr.jaxpr):
+        if eqn.primitive.name == "conv_general_dilated":
+            kernel = eqn.invars[1].aval.shape  # HWIO (flax and layers.Conv2d both use NHWC / HWIO)
+            total += 2 * math.prod(eqn.outvars[0].aval.shape) * math.prod(kernel[:-1])
+    return total
+
+
+@pytest.mark.parametrize("name", ["ncsnv2", "unet"])
+def test_conv_flops_equals_the_count_from_the_jaxpr(name):
+    model = models.create(make_config(name, ngf=16, image_size=8, num_channels=1))
+    flops = models.conv_flops(model, (2, 8, 8, 1))
+    assert flops == _jaxpr_conv_flops(model, (2, 8, 8, 1)) and flops > 0
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Normalisations against the formulas, computed independently in numpy (float64).
 # ----------------------------------------------------------------------------------------------------------
@@ -308,7 +329,7 @@ TINY = dict(ngf=8, image_size=8, num_channels=2, num_scales=5, sigma_max=1.0, si
 def tiny_models():
     """(config, model, variables, jitted apply) for tiny NCSN / NCSNv2 / MLP."""
     out = {}
-    for name in ("ncsn", "ncsnv2", "mlp"):
+    for name in ("ncsn", "ncsnv2", "mlp", "unet"):
         config = make_config(name, **TINY, hidden_dims=(32, 32), sigma_conditioning="embedding")
         if name == "mlp":
             config.data.dataset = "toy"  # 2-D examples
@@ -359,7 +380,29 @@ def test_mlp_sigma_conditioning_modes(mode):
         assert float(jnp.min(jnp.max(jnp.abs(out_a - out_b), axis=1))) > 1e-4
 
 
-@pytest.mark.parametrize("name", ["ncsn", "ncsnv2", "mlp"])
+def _perturbed(variables, seed: int = 11, scale: float = 0.1):
+    """Every parameter moved by ``scale · N(0, 1)``: a network whose zero-initialised output layer is not zero."""
+    leaves, treedef = jax.tree.flatten(variables)
+    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+    return treedef.unflatten([v + scale * jax.random.normal(k, v.shape) for v, k in zip(leaves, keys)])
+
+
+def test_unet_starts_at_the_zero_score_and_divides_by_sigma(tiny_models):
+    """The output convolution is zero-initialised (s = 0 for every x and σ at step 0), and the score is that
+    convolution's output f(x, σ) divided by σ."""
+    config, model, variables, apply = tiny_models["unet"]
+    x = _images(jax.random.PRNGKey(4), 4, config)
+    sigmas = jnp.array([0.01, 0.3, 1.0, 50.0])
+    assert float(jnp.max(jnp.abs(apply(variables, x, sigmas)))) == 0.0
+    variables = _perturbed(variables)
+    score, state = model.apply(variables, x, sigmas, capture_intermediates=True)
+    output_conv = max((k for k in state["intermediates"] if k.startswith("Conv_")), key=lambda k: int(k[5:]))
+    (f,) = state["intermediates"][output_conv]["__call__"]
+    assert f.shape == x.shape and float(jnp.std(f)) > 1e-3
+    np.testing.assert_allclose(score, f / sigmas[:, None, None, None], rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["ncsn", "ncsnv2", "mlp", "unet"])
 def test_networks_are_per_example(tiny_models, name):
     config, model, variables, apply = tiny_models[name]
     if name == "mlp":
@@ -367,6 +410,8 @@ def test_networks_are_per_example(tiny_models, name):
         variables = jax.tree.map(lambda v: v + 0.1, variables)  # non-zero output layer
     else:
         x = _images(jax.random.PRNGKey(5), 4, config)
+        if name == "unet":
+            variables = _perturbed(variables)  # non-zero output layer
     sigmas = jnp.asarray(config_lib.sigmas(config))[jnp.array([0, 2, 4, 1])]
     out = apply(variables, x, sigmas)
     other = x.at[1:].set(jax.random.uniform(jax.random.PRNGKey(6), x[1:].shape) * 3.0 - 1.0)
@@ -418,18 +463,20 @@ def _conv_input_dtypes(model, variables, x, sigma) -> list[set]:
     ]
 
 
-@pytest.mark.parametrize("name", ["ncsn", "ncsnv2"])
-def test_bfloat16_convolutions_run_in_bfloat16_and_stay_close_to_float32(tiny_models, name):
+@pytest.mark.parametrize("name, num_convs", [("ncsn", 20), ("ncsnv2", 20), ("unet", 12)])
+def test_bfloat16_convolutions_run_in_bfloat16_and_stay_close_to_float32(tiny_models, name, num_convs):
     """``config.model.dtype=bfloat16``: every convolution takes bfloat16 operands (from the float32
     parameters), the output is float32, and the score is within the stated tolerance of float32: relative L2
     error below 3% (bfloat16 has an 8-bit mantissa, ~0.4% per rounding, accumulated over ~40 layers)."""
     config, model, variables, apply = tiny_models[name]
     model_bf16 = models.create(make_config(name, **TINY, dtype="bfloat16"))
+    if name == "unet":
+        variables = _perturbed(variables)  # a non-zero output layer, so that the error is measurable
     x = _images(jax.random.PRNGKey(8), 4, config)
     sigma = jnp.full((4,), config_lib.sigmas(config)[1])
 
     dtypes32, dtypes16 = (_conv_input_dtypes(m, variables, x, sigma) for m in (model, model_bf16))
-    assert len(dtypes16) == len(dtypes32) > 20  # the same convolutions, all of them traced
+    assert len(dtypes16) == len(dtypes32) >= num_convs  # the same convolutions, all of them traced
     assert all(d == {jnp.dtype(jnp.float32)} for d in dtypes32)
     assert all(d == {jnp.dtype(jnp.bfloat16)} for d in dtypes16), dtypes16
 

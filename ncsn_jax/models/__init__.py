@@ -1,4 +1,4 @@
-"""Score networks: NCSN, the NCSNv2 family and a toy MLP, behind one calling convention.
+"""Score networks: NCSN, the NCSNv2 family, a toy MLP and a small U-Net, behind one calling convention.
 
 Every model is a ``flax.linen.Module`` called ``model.apply(variables, x, sigma)``: ``x`` in data space
 (NHWC images in [0, 1], or (B, D) vectors) and ``sigma`` of shape (B,), one noise level per example; the
@@ -6,7 +6,8 @@ output is the score estimate, float32, shaped like ``x``. ``variables`` is ``{"p
 
 * :func:`create` builds the network named ``config.model.name`` (see :data:`MODEL_NAMES`) from
   ``config.model.{name, ngf, sigma_max, sigma_min, num_scales, dtype, normalization, nonlinearity,
-  hidden_dims, sigma_conditioning}`` and ``config.data.centered``; optional fields fall back to defaults.
+  hidden_dims, sigma_conditioning, data_std}`` and ``config.data.centered``; optional fields fall back to
+  defaults.
 * :func:`init_variables` initialises with a dummy batch; :func:`get_score_fn` gives ``score_fn(x, sigma)``.
 * :func:`conv_flops` counts convolution FLOPs of one forward pass (for MFU), :func:`count_params` parameters.
 
@@ -25,11 +26,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ncsn_jax.models import layers, mlp, ncsn, ncsnv2, normalization, registry  # noqa: F401 (registers)
+from ncsn_jax.models import layers, mlp, ncsn, ncsnv2, normalization, registry, unet  # noqa: F401 (registers)
 from ncsn_jax.models.mlp import NoiseConditionalMLP
 from ncsn_jax.models.ncsn import CondRefineNetDilated
 from ncsn_jax.models.ncsnv2 import NCSNv2, NCSNv2Deeper, NCSNv2Deepest
 from ncsn_jax.models.registry import create, register
+from ncsn_jax.models.unet import SmallUNet
 
 MODEL_NAMES: tuple[str, ...] = registry.registered_names()
 
@@ -42,6 +44,7 @@ __all__ = [
     "NCSNv2Deeper",
     "NCSNv2Deepest",
     "NoiseConditionalMLP",
+    "SmallUNet",
     "create",
     "register",
     "init_variables",
@@ -117,8 +120,8 @@ def abstract_variables(model: nn.Module, input_shape: Sequence[int]) -> dict[str
 def conv_flops(model: nn.Module, input_shape: Sequence[int]) -> int:
     """FLOPs of the convolutions of one forward pass on a batch of ``input_shape``, 2 per multiply-add.
 
-    ``2 * B * H_out * W_out * C_out * C_in * k^2`` summed over every :class:`layers.Conv2d` call, with the
-    shapes traced abstractly (nothing is computed). Normalisations, activations, pooling and resizing are not
+    ``2 * B * H_out * W_out * C_out * C_in * k^2`` summed over every :class:`layers.Conv2d` and ``nn.Conv``
+    call, with the shapes traced abstractly (nothing is computed). Normalisations, activations, pooling and resizing are not
     counted; for NCSN / NCSNv2 they add about 1% or less.
     """
     total = 0
@@ -127,9 +130,14 @@ def conv_flops(model: nn.Module, input_shape: Sequence[int]) -> int:
         nonlocal total
         out = next_fun(*args, **kwargs)
         module = context.module
-        if isinstance(module, layers.Conv2d) and context.method_name == "__call__":
+        if context.method_name != "__call__":
+            return out
+        if isinstance(module, layers.Conv2d):
             in_features = args[0].shape[-1]
             total += 2 * math.prod(out.shape[:-1]) * module.features * in_features * module.kernel_size**2
+        elif isinstance(module, nn.Conv):  # flax's own convolution (models.unet)
+            in_features = args[0].shape[-1] // module.feature_group_count
+            total += 2 * math.prod(out.shape[:-1]) * module.features * in_features * math.prod(module.kernel_size)
         return out
 
     with nn.intercept_methods(count):
