@@ -33,7 +33,7 @@ def machine() -> dict[str, Any]:
     device = jax.devices()[0]
     description = f"{device.device_kind} x{jax.device_count()}"
     if device.platform == "cpu":
-        description += f" ({os.cpu_count()} cores, {platform.machine()})"
+        description += f" ({os.cpu_count()} cores, {platform.machine()}{cpu_vector_units()})"
     return {
         "date": datetime.date.today().isoformat(),
         "backend": jax.default_backend(),
@@ -42,6 +42,19 @@ def machine() -> dict[str, Any]:
         "load_avg_1min": round(os.getloadavg()[0], 2),
         "command": " ".join([os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]]),
     }
+
+
+def cpu_vector_units() -> str:
+    """``", AVX-512"`` or ``", AVX2"`` from /proc/cpuinfo (Linux; empty elsewhere): XLA:CPU's convolutions run
+    at about twice the speed with AVX-512 (benchmarks/README.md), so CPU figures name it."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return ""
+    if "avx512f" in flags:
+        return ", AVX-512"
+    return ", AVX2" if "avx2" in flags else ""
 
 
 def limit_threads(threads: int, device: str = "cpu") -> int:
@@ -207,6 +220,14 @@ def write_json(name: str, payload: Any) -> str:
         json.dump(payload, f, indent=1)
         f.write("\n")
     return path
+
+
+def append_json(name: str, rows: list[Any]) -> str:
+    """Appends ``rows`` to the list in ``benchmarks/results/<name>.json`` (runs on several machines or days
+    side by side) and returns its path."""
+    path = os.path.join(RESULTS_DIR, f"{name}.json")
+    previous = json.load(open(path)) if os.path.exists(path) else []
+    return write_json(name, previous + rows)
 
 
 def print_table(rows: list[Mapping[str, Any]], columns: list[str]) -> None:

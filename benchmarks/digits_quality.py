@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import time
 
 import common  # noqa: F401  (puts the repository on sys.path)
@@ -27,8 +26,12 @@ from absl import app, flags
 
 flags.DEFINE_string("config", "digits", "Config module under configs/.")
 flags.DEFINE_multi_string("set", [], "Overrides section.field=value (Python literals), repeatable.")
-flags.DEFINE_list("langevin", [], "T:eps settings to sample with (eps 'auto': technique 4); default: the config's.")
-flags.DEFINE_integer("num_samples", 1000, "Samples per setting (the metric's references are resampled to this).")
+flags.DEFINE_list(
+    "langevin", [], "T:eps settings to sample with (eps 'auto': technique 4); default: the config's."
+)
+flags.DEFINE_integer(
+    "num_samples", 1000, "Samples per setting (the metric's references are resampled to this)."
+)
 flags.DEFINE_string("tag", "", "Name of the run in the JSON (default: the overrides).")
 flags.DEFINE_string("output", "digits_quality", "benchmarks/results/<output>.json gets the rows appended.")
 FLAGS = flags.FLAGS
@@ -65,7 +68,9 @@ def main(argv):
     state = trainer.init_state()
     k = config.training.steps_per_call
     for step in range(0, config.training.n_iters, k):
-        state, metrics = trainer.multi_step(state, trainer.batches(dataset, step, min(k, config.training.n_iters - step)))
+        state, metrics = trainer.multi_step(
+            state, trainer.batches(dataset, step, min(k, config.training.n_iters - step))
+        )
     final_loss = float(np.mean(np.asarray(metrics["loss"]))) if config.training.n_iters else None
     jax.block_until_ready(state)
     train_s = time.perf_counter() - start
@@ -130,13 +135,20 @@ def main(argv):
             }
         )
         print(json.dumps(rows[-1]), flush=True)
-    path = os.path.join(common.RESULTS_DIR, f"{FLAGS.output}.json")
-    previous = json.load(open(path)) if os.path.exists(path) else []
-    common.write_json(FLAGS.output, previous + rows)
+    common.append_json(FLAGS.output, rows)
     common.print_table(
         rows,
-        ["tag", "n_steps_each", "train_s", "sample_s", "is_fraction_of_real", "frechet_distance", "real_fd_mean",
-         "min_class_share", "nn_distance_ratio"],
+        [
+            "tag",
+            "n_steps_each",
+            "train_s",
+            "sample_s",
+            "is_fraction_of_real",
+            "frechet_distance",
+            "real_fd_mean",
+            "min_class_share",
+            "nn_distance_ratio",
+        ],
     )
 
 

@@ -8,7 +8,8 @@ the wall time of each phase (process start, JAX import and compilation included)
 eval report: for the toy mixture the weight of the +5·1 mode among the samples (target 0.8), for the digits
 the digits metric (``ncsn_jax.evaluation.digits``: Inception score as a fraction of the real held-out digits',
 Fréchet distance next to the real split's bootstrap mean ± std, smallest / largest class share,
-nearest-neighbour distance ratio and memorised share). Writes ``benchmarks/results/embedded_defaults.json``.
+nearest-neighbour distance ratio and memorised share). Appends its rows to
+``benchmarks/results/embedded_defaults.json``.
 The goal for the digits (issue 12): train + sample ≤ 180 s on 2 cores, IS ≥ 95 % of the real digits'.
 """
 
@@ -83,10 +84,17 @@ def main(argv):
             flush=True,
         )
         rows.append(
-            dict(config=config, train_s=train_s, sample_s=sample_s, eval_s=eval_s, quality=quality,
-                 metrics=metrics, **common.machine())
+            dict(
+                config=config,
+                train_s=train_s,
+                sample_s=sample_s,
+                eval_s=eval_s,
+                quality=quality,
+                metrics=metrics,
+                **common.machine(),
+            )
         )
-    print("wrote", common.write_json("embedded_defaults", rows))
+    print("appended to", common.append_json("embedded_defaults", rows))
 
 
 if __name__ == "__main__":

@@ -119,6 +119,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"valid: {', '.join(datasets.DATASET_NAMES)}."
         )
     _check_model_fields(config.model)
+    models.registry.check_example_shape(config.model.name, models.example_shape(config), config.data.dataset)
     _check_number_or_auto("model.sigma_max", config.model.sigma_max)
     _check_number_or_auto("model.num_scales", config.model.num_scales)
     _check_number_or_auto("sampling.step_lr", config.sampling.step_lr)

@@ -83,7 +83,7 @@ def test_missing_config_file(tmp_path):
     "field,value,valid",
     [
         ("data.dataset", "imagenet", "cifar10"),
-        ("model.name", "unet", "ncsnv2"),
+        ("model.name", "ddpm_unet", "ncsnv2"),
         ("training.loss", "ism", "ssm_vr"),
         ("sampling.method", "ddpm", "inpainting"),
         ("model.nonlinearity", "tanh", "elu"),
@@ -93,6 +93,16 @@ def test_unknown_names_list_the_valid_ones(tmp_path, field, value, valid):
     workdir = str(tmp_path / "w")
     result = run_main(TOY, f"--workdir={workdir}", "--mode=train", f"--config.{field}={value}")
     assert_stopped_before_writing(result, workdir, value, valid)
+
+
+@pytest.mark.parametrize("model", ["unet", "ncsnv2"])
+def test_image_network_on_vector_data(tmp_path, model):
+    """An image network on the 2-D toy mixture: named as such (with the model that fits), nothing written."""
+    workdir = str(tmp_path / "w")
+    result = run_main(TOY, f"--workdir={workdir}", "--mode=train", f"--config.model.name={model}")
+    assert_stopped_before_writing(
+        result, workdir, f"config.model.name='{model}' takes images", "shape (2,)", "mlp"
+    )
 
 
 def test_sample_without_checkpoint(tmp_path):
@@ -110,8 +120,7 @@ def test_workdir_of_another_config(trained_toy, mode):
     assert_user_error(
         result,
         f"--workdir={trained_toy} holds a run of model 'mlp' on 'toy' data",
-        "'ncsnv2'",
-        "'digits'",
+        "but --config asks for model 'unet' on 'digits' data (examples of shape (8, 8, 1))",
         lines=1,
     )
     assert snapshot_tree(trained_toy) == before

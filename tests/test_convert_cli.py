@@ -170,7 +170,9 @@ def test_ncsnv2_checkpoint_restores_the_torch_models(torch_ref, ncsnv2_checkpoin
     assert meta["step"] == V2_STEP
     assert config.model.num_scales == 7 and config.model.sigma_max == pytest.approx(6.0, rel=1e-6)
     np.testing.assert_allclose(sigmas, V2_SIGMAS, rtol=1e-6)
-    assert config.sampling.step_lr == pytest.approx(noise.langevin_step_lr(V2_SIGMAS, 64, config.sampling.n_steps_each), rel=1e-6)
+    assert config.sampling.step_lr == pytest.approx(
+        noise.langevin_step_lr(V2_SIGMAS, 64, config.sampling.n_steps_each), rel=1e-6
+    )
     ema_out = flax_scores(model, ema_params, sigmas, x, levels)
     assert_close(ema_out, torch_scores(torch, t_ema, x, levels))
 
@@ -279,9 +281,7 @@ def test_pickled_objects_need_trust_checkpoint(ncsnv2_checkpoint, tmp_path):
 def test_checkpoint_of_another_config_names_the_keys(ncsnv2_checkpoint, tmp_path):
     path, _, _ = ncsnv2_checkpoint
     workdir = tmp_path / "w"
-    result = run_convert(
-        f"--checkpoint={path}", *V2_CONFIG, "--config.model.ngf=8", f"--workdir={workdir}"
-    )
+    result = run_convert(f"--checkpoint={path}", *V2_CONFIG, "--config.model.ngf=8", f"--workdir={workdir}")
     assert_one_line_error(
         result, "do not fit --config", "begin_conv.weight: checkpoint (4, 1, 3, 3) != model (8, 1, 3, 3)"
     )

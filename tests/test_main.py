@@ -92,7 +92,8 @@ def digits_workdir(tmp_path_factory) -> str:
 
 def _digits_quality_floor(report: dict) -> list[str]:
     """What the shortened digits default must reach on the digits metric (``evaluation.digits``); returns
-    the failed criteria. Measured for this run: IS {CI_IS}% of the real test digits', every class > 7 %."""
+    the failed criteria. Measured for this run (2026-12-07): IS 81 % of the real test digits', every class
+    7.6-15 %, FD 5.6 against the real 4.5 ± 0.9, nothing memorised."""
     samples, fd = report["samples"], report["real_train_bootstrap_fd"]
     failed = []
     if report["is_fraction_of_real"] < 0.6:
@@ -128,9 +129,13 @@ def test_digits_end_to_end_with_auto_noise_schedule_and_a_quality_floor(digits_w
     brute_force = np.sqrt(np.max(((flat[:, None] - flat[None]) ** 2).sum(-1)))
     sigma_min, steps_each = config.model.sigma_min, config.sampling.n_steps_each
     assert resolved["model.sigma_max"] == pytest.approx(brute_force, rel=1e-4)
-    assert resolved["model.num_scales"] == noise.num_scales_for_overlap(resolved["model.sigma_max"], sigma_min, 64)
+    assert resolved["model.num_scales"] == noise.num_scales_for_overlap(
+        resolved["model.sigma_max"], sigma_min, 64
+    )
     sigmas = noise.geometric_sigmas(resolved["model.sigma_max"], sigma_min, resolved["model.num_scales"])
-    assert resolved["sampling.step_lr"] == pytest.approx(noise.langevin_step_lr(sigmas, 64, steps_each), rel=1e-6)
+    assert resolved["sampling.step_lr"] == pytest.approx(
+        noise.langevin_step_lr(sigmas, 64, steps_each), rel=1e-6
+    )
 
     samples = load_samples(workdir, DIGITS_STEPS)["samples"]
     assert samples.shape == (8, 8, 8, 1) and np.all(np.isfinite(samples))

@@ -137,7 +137,9 @@ def conv_flops(model: nn.Module, input_shape: Sequence[int]) -> int:
             total += 2 * math.prod(out.shape[:-1]) * module.features * in_features * module.kernel_size**2
         elif isinstance(module, nn.Conv):  # flax's own convolution (models.unet)
             in_features = args[0].shape[-1] // module.feature_group_count
-            total += 2 * math.prod(out.shape[:-1]) * module.features * in_features * math.prod(module.kernel_size)
+            total += (
+                2 * math.prod(out.shape[:-1]) * module.features * in_features * math.prod(module.kernel_size)
+            )
         return out
 
     with nn.intercept_methods(count):

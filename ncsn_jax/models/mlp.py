@@ -108,7 +108,7 @@ class NoiseConditionalMLP(nn.Module):
         return (f / output_scale[:, None]).reshape(batch, *data_shape)
 
 
-@registry.register("mlp")
+@registry.register("mlp", example_ranks=(1, 2, 3))  # vectors or flattened images
 def build_mlp(config: Any) -> NoiseConditionalMLP:
     model = config.model
     return NoiseConditionalMLP(

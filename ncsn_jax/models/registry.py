@@ -23,19 +23,37 @@ from ncsn_jax import errors
 Builder = Callable[[Any], nn.Module]
 
 _BUILDERS: dict[str, Builder] = {}
+_EXAMPLE_RANKS: dict[str, tuple[int, ...]] = {}
+IMAGES = (3,)  # one example is (H, W, C)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}  # config.model.dtype
 
 
-def register(name: str) -> Callable[[Builder], Builder]:
-    """Decorator registering ``builder(config) -> nn.Module`` under ``name`` (a ``config.model.name``)."""
+def register(name: str, example_ranks: tuple[int, ...] = IMAGES) -> Callable[[Builder], Builder]:
+    """Decorator registering ``builder(config) -> nn.Module`` under ``name`` (a ``config.model.name``);
+    ``example_ranks`` are the ranks of one example the network takes (default: images, ``(H, W, C)``)."""
 
     def decorator(builder: Builder) -> Builder:
         if name in _BUILDERS:
             raise ValueError(f"A model named {name!r} is already registered.")
         _BUILDERS[name] = builder
+        _EXAMPLE_RANKS[name] = tuple(example_ranks)
         return builder
 
     return decorator
+
+
+def check_example_shape(name: str, example_shape: tuple[int, ...], dataset: str) -> None:
+    """A :class:`~ncsn_jax.errors.UserError` where the network ``name`` cannot take examples of
+    ``example_shape`` (an image network on the 2-D toy data, say), naming the networks that can."""
+    ranks = _EXAMPLE_RANKS[name]
+    if len(example_shape) in ranks:
+        return
+    takes = "images (H, W, C)" if ranks == IMAGES else f"examples of rank {', '.join(map(str, ranks))}"
+    fitting = [other for other, r in sorted(_EXAMPLE_RANKS.items()) if len(example_shape) in r]
+    raise errors.UserError(
+        f"config.model.name={name!r} takes {takes}, but config.data.dataset={dataset!r} gives examples of "
+        f"shape {tuple(example_shape)}; models for that data: {', '.join(fitting) or 'none'}."
+    )
 
 
 def registered_names() -> tuple[str, ...]:

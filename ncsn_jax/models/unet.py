@@ -2,7 +2,7 @@
 
 NCSNv2's RefineNet is sized for 32 px and up; at 8×8 its cascade of dilated stages spends most of its FLOPs on
 resolutions the image does not have (NCSNv2 ngf 16 reaches 91 % of the real digits' Inception score in 3,000
-steps; this network at ngf 32, 96 % in the same steps and less time: ``benchmarks/results/digits_default.json``).
+steps; this network at ngf 32, 96 % in the same steps and less time: ``benchmarks/results/digits_quality.json``).
 It is the DDPM / score_sde U-Net shrunk to two resolutions:
 
 * input ``(x − ½) / sqrt(data_std² + σ²)`` for data in ``[0, 1]`` (``x / sqrt(…)`` with ``data.centered``):
@@ -74,7 +74,9 @@ class SmallUNet(nn.Module):
         act = layers.get_activation(self.nonlinearity)
         h = x if self.centered else x - 0.5
         h = (h * jax.lax.rsqrt(self.data_std**2 + sigma**2)[:, None, None, None]).astype(self.dtype)
-        embedding = nn.Dense(4 * self.ngf, dtype=self.dtype)(mlp.log_sigma_features(sigma, self.num_frequencies))
+        embedding = nn.Dense(4 * self.ngf, dtype=self.dtype)(
+            mlp.log_sigma_features(sigma, self.num_frequencies)
+        )
         embedding = nn.Dense(4 * self.ngf, dtype=self.dtype)(act(embedding))
         embedding = act(embedding)
         block = lambda features: ResBlock(features, self.nonlinearity, self.dtype)
