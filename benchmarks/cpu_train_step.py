@@ -15,7 +15,7 @@ benchmarks/README.md's "CPU train step" section).
     ``ncsn_jax.compiler_options.for_backend``);
   - ``no_ynn``: ``xla_cpu_experimental_ynn_fusion_type=`` (empty) — no YNNPACK at all.
 
-* ``--profile``: one step of each variant under ``jax.profiler``; the XLA thunks are grouped (convolution
+* ``--profile`` (with ``--threads=1``): one step of each variant under ``jax.profiler``; the XLA thunks are grouped (convolution
   forward / input gradient / weight gradient, pooling, transposes, the rest) from the trace and the compiled
   HLO, and ``torch.profiler`` does the same for the reference step.
 * ``--micro``: the four convolution shapes of NCSNv2 CIFAR-10 at ngf 128 (3×3; 128 ch at 32², 256 ch at 16², and
@@ -267,6 +267,10 @@ def micro_rows(torch, info) -> list[dict]:
 def main(argv):
     del argv
     threads = common.limit_threads(FLAGS.threads)
+    if FLAGS.profile and threads != 1:
+        # Measured 2026-12-07: with 2 threads the trace put 0.02 s of a 10.7 s step under convolutions; their
+        # thunks then run off the "XLAEigen" lines that profile_ours reads.
+        raise app.UsageError("--profile attributes XLA's thunks only with --threads=1.")
     import torch  # pylint: disable=g-import-not-at-top
 
     torch.set_num_threads(threads)
