@@ -9,8 +9,9 @@ said otherwise: ``benchmarks/results/digits_quality.json``, from ``benchmarks/di
 
 * ``unet`` (:mod:`ncsn_jax.models.unet`) at ngf 32: 96 % of the real digits' Inception score after 2,500 steps
   (~140 s in-process; ``main.py`` train + sample 163 s, and 347 s on 2 cores with AVX2 only:
-  ``benchmarks/results/embedded_defaults.json``). NCSNv2's RefineNet at ngf 16 reached 91 % after 3,000 steps and 525 s (75 % after 1,000), a
-  noise-conditional MLP (512³) 67-78 % whatever its steps, σ_min, T or ε, the U-Net at ngf 16 84-90 %.
+  ``benchmarks/results/embedded_defaults.json``). NCSNv2's RefineNet at ngf 16 reached 91 % after 3,000
+  steps and 525 s (75 % after 1,000), a noise-conditional MLP (512³) 67-78 % whatever its steps, σ_min, T or
+  ε, the U-Net at ngf 16 84-90 %.
 * ``n_steps_each = 10`` with technique 4's ε: T = 5 is 2-3 points of the Inception score below, T = 20 no
   better (and a larger Fréchet distance).
 * ``lr = 3e-3`` after a 100-step warm-up, EMA 0.99 (a ~100-step horizon for a short run): at 2,000 steps

@@ -121,8 +121,8 @@ def conv_flops(model: nn.Module, input_shape: Sequence[int]) -> int:
     """FLOPs of the convolutions of one forward pass on a batch of ``input_shape``, 2 per multiply-add.
 
     ``2 * B * H_out * W_out * C_out * C_in * k^2`` summed over every :class:`layers.Conv2d` and ``nn.Conv``
-    call, with the shapes traced abstractly (nothing is computed). Normalisations, activations, pooling and resizing are not
-    counted; for NCSN / NCSNv2 they add about 1% or less.
+    call, with the shapes traced abstractly (nothing is computed). Normalisations, activations, pooling and
+    resizing are not counted; for NCSN / NCSNv2 they add about 1% or less.
     """
     total = 0
 

@@ -33,6 +33,7 @@ Dtype = Any
 
 
 def _groups(channels: int) -> int:
+    """GroupNorm's group count: the largest of 8, 4, 2, 1 that divides ``channels``."""
     return next(g for g in (8, 4, 2, 1) if channels % g == 0)
 
 
