@@ -1,6 +1,6 @@
 """Data-parallel scaling: the same global batch on 1 and on N (simulated) devices — step time and agreement.
 
-  python benchmarks/scaling.py                                   # digits NCSNv2, 1 vs 8 simulated CPU devices
+  python benchmarks/scaling.py                                   # the digits config, 1 vs 8 simulated CPU devices
   python benchmarks/scaling.py --config=toy --devices=1,2,8 --batch_size=512
 
 Each device count runs in its own process (``XLA_FLAGS=--xla_force_host_platform_device_count=N`` must be set
