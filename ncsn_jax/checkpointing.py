@@ -98,7 +98,10 @@ def _manager(directory: str, keep: int | None, *, read_only: bool) -> ocp.Checkp
             max_to_keep=keep,
             create=True,
             enable_async_checkpointing=False,
-            cleanup_tmp_directories=True,  # leftovers of an interrupted save
+            # Not orbax's cleanup of interrupted saves: it runs in a background thread that a run ending
+            # early (a one-line error, Ctrl-C) abandons mid-way, printing a traceback at exit. See
+            # _remove_interrupted_saves.
+            cleanup_tmp_directories=False,
         )
     state_handler = ocp.PyTreeCheckpointHandler() if read_only else ocp.StandardCheckpointHandler()
     return ocp.CheckpointManager(
@@ -106,6 +109,17 @@ def _manager(directory: str, keep: int | None, *, read_only: bool) -> ocp.Checkp
         options=options,
         item_handlers={"state": state_handler, "meta": ocp.JsonCheckpointHandler()},
     )
+
+
+def _remove_interrupted_saves(directory: str) -> None:
+    """Delete the temporary directories (``<step>.orbax-checkpoint-tmp*``) of saves that never finished.
+
+    Synchronous, unlike orbax's ``cleanup_tmp_directories``; process 0 deletes, every process waits.
+    """
+    if jax.process_index() == 0:
+        for temporary in ocp.path.step.all_temporary_paths(directory):
+            shutil.rmtree(temporary.get())
+    _sync_processes(f"ncsn_jax.checkpointing.interrupted_saves_removed:{directory}")
 
 
 def _short(error: BaseException) -> str:
@@ -142,6 +156,8 @@ class CheckpointStore:
             if read_only and not os.path.isdir(path):
                 continue
             self._managers[kind] = _manager(path, keep if kind == "periodic" else 1, read_only=read_only)
+            if not read_only:
+                _remove_interrupted_saves(path)
 
     def path(self, step: int, kind: str) -> str:
         return os.path.join(self.workdir, KIND_DIRS[kind], str(step))

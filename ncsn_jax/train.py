@@ -27,7 +27,6 @@ import contextlib
 import dataclasses
 import os
 import time
-import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -458,10 +457,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
                     )
         store.wait()
     except KeyboardInterrupt:
-        # Ctrl-C can land while orbax's asynchronous save has created a coroutine it never awaits (seen:
-        # 'all_temporary_paths', orbax 0.12.8); Python would warn about it at exit, after the one-line message.
-        # The checkpoints on disk are complete or absent either way.
-        warnings.filterwarnings("ignore", message=r"coroutine .* was never awaited", category=RuntimeWarning)
         raise errors.Interrupted(
             f"interrupted at step {done}; run the same command to resume (from the newest checkpoint: "
             f"{store.describe_latest()})."

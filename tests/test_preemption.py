@@ -285,3 +285,27 @@ def test_late_orbax_read_errors_are_dropped_and_others_kept(via, monkeypatch):
             fields = dict(exc_type=type(exc), exc_value=exc, exc_traceback=tb, err_msg=None, object=None)
             sys.unraisablehook(type("Unraisable", (), fields))
     assert seen == [ours[1], other_task[1]]
+
+
+def test_leftovers_of_an_interrupted_save_are_gone_when_the_store_opens(tmp_path):
+    """Removed before ``CheckpointStore`` returns, by no thread outliving it: a run that ends right after
+    opening its store (a one-line error, Ctrl-C) must not leave a cleanup thread for interpreter exit to
+    break (orbax's own background cleanup printed 'cannot schedule new futures after shutdown' there)."""
+    import threading  # pylint: disable=g-import-not-at-top
+
+    from ncsn_jax import checkpointing  # pylint: disable=g-import-not-at-top
+
+    leftovers = []
+    for subdir in (checkpointing.PERIODIC_DIR, checkpointing.PREEMPTION_DIR):
+        for step in range(20):  # enough entries that a background cleanup would still be at work
+            leftover = tmp_path / subdir / f"{step}.orbax-checkpoint-tmp-{1700000000 + step}"
+            (leftover / "state").mkdir(parents=True)
+            (leftover / "state" / "data").write_bytes(b"x" * 1000)
+            leftovers.append(leftover)
+    (tmp_path / checkpointing.PERIODIC_DIR / "not-orbax").mkdir()  # not orbax's: left alone
+    threads_before = set(threading.enumerate())
+    checkpointing.CheckpointStore(str(tmp_path))
+    assert [p for p in leftovers if p.exists()] == []
+    assert set(threading.enumerate()) - threads_before == set()
+    assert os.listdir(tmp_path / checkpointing.PERIODIC_DIR) == ["not-orbax"]
+    assert os.listdir(tmp_path / checkpointing.PREEMPTION_DIR) == []
