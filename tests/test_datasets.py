@@ -36,9 +36,17 @@ def expected_indices(seed: int, num_examples: int, positions: np.ndarray) -> np.
     return np.array([permutation(q // num_examples)[q % num_examples] for q in positions])
 
 
+def documented_uniforms(seed: int, step: int, count: int) -> np.ndarray:
+    """The documented augmentation draws of step t, all from the start (no counter jump): u_q = (r_q >> 40)
+    · 2⁻²⁴ for the first ``count`` outputs r_q of Philox(SeedSequence([seed, 1, t]))."""
+    raw = np.random.Philox(np.random.SeedSequence([seed, 1, step])).random_raw(count)
+    return (raw >> np.uint64(40)).astype(np.float64) / 2**24
+
+
 def documented_flip_bits(seed: int, step: int, rows) -> np.ndarray:
-    """The documented augmentation key: row j of step t flips iff rng([seed, 1, t, j]).random() < 1/2."""
-    return np.array([np.random.default_rng([seed, 1, step, int(j)]).random() < 0.5 for j in rows])
+    """Row j of step t flips iff u_j < 1/2."""
+    rows = np.asarray(list(rows))
+    return documented_uniforms(seed, step, int(rows.max()) + 1)[rows] < 0.5
 
 
 def sorted_rows(x: np.ndarray) -> np.ndarray:
@@ -125,6 +133,24 @@ def test_digits_dequantization_fills_the_bins_of_17_levels(digit_images):
     assert np.all(batch >= v / 17 - 1e-7) and np.all(batch < (v + 1) / 17 + 1e-7)
     offsets = batch * 17 - v  # U[0, 1): mean 1/2, variance 1/12
     assert abs(offsets.mean() - 0.5) < 0.01 and abs(offsets.var() - 1 / 12) < 0.005
+
+
+def test_digits_flip_and_dequantization_follow_the_documented_draws(digit_images):
+    """Row j of step t, re-derived from the documented layout of the step's draws (drawn from the start,
+    where the source jumps the counter to each process's rows): flip iff u_j < 1/2, then x = (v + u)/17 with
+    u = u_{B + j·64 + i} for pixel i, mirrored with the row."""
+    source = datasets.create_dataset(make_config("digits", random_flip=True, uniform_dequantization=True))
+    split_ids = datasets.digits_split_indices("train")
+    step, batch_size = 3, 42  # process slices start at rows 21, 14, 7, 6: off Philox's 4-output blocks
+    u = documented_uniforms(SEED, step, batch_size * 65)
+    v = digit_images[split_ids[source.batch_indices(step, batch_size)]]
+    expected = (v + u[batch_size:].reshape(batch_size, 8, 8)) / 17
+    flips = u[:batch_size] < 0.5
+    expected[flips] = expected[flips, :, ::-1]
+    for process_count in (1, 2, 3, 6, 7):
+        batch = concat_process_slices(source, step, batch_size, process_count)[..., 0]
+        np.testing.assert_allclose(batch, expected, rtol=1e-6, atol=0)
+    assert 0.3 < flips.mean() < 0.7
 
 
 def test_digits_resize_to_config_image_size():

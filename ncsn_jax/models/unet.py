@@ -2,16 +2,19 @@
 
 NCSNv2's RefineNet is sized for 32 px and up; at 8×8 its cascade of dilated stages spends most of its FLOPs on
 resolutions the image does not have (NCSNv2 ngf 16 reaches 91 % of the real digits' Inception score in 3,000
-steps; this network at ngf 32, 96 % in the same steps and less time: ``benchmarks/results/digits_quality.json``).
-It is the DDPM / score_sde U-Net shrunk to two resolutions:
+steps; this network at ngf 32, 94-97 % in 2,500 steps and a third of the time: ``configs/digits.py``). It is the
+DDPM / score_sde U-Net shrunk to two resolutions:
 
 * input ``(x − ½) / sqrt(data_std² + σ²)`` for data in ``[0, 1]`` (``x / sqrt(…)`` with ``data.centered``):
   about unit scale at every noise level, as the MLP's;
 * an embedding ``e(σ)`` of ``log σ`` (the MLP's sinusoidal features, two Dense layers) added to every residual
   block after its first convolution;
 * residual blocks (GroupNorm, activation, 3×3 convolution, twice) with ``ngf`` channels at ``H×W`` and
-  ``2 ngf`` at ``H/2×W/2``: one block, average-pool down, two blocks, nearest up, the skip concatenated, one
-  block, then GroupNorm, activation and the output convolution;
+  ``2 ngf`` at ``H/2×W/2``: one block, average-pool down, two blocks, nearest up, a 1×1 convolution to
+  ``ngf`` channels plus the skip, one block, then GroupNorm, activation and the output convolution. The skip
+  is added, not concatenated as in DDPM: on XLA:CPU the train step takes ~52 instead of ~95 ms (2 AVX2 cores,
+  batch 128, ngf 32; the concatenation's 96-channel convolution and its gradients cost more than their
+  FLOPs), for ~2 points of the digits Inception score after 2,500 steps;
 * that output convolution is zero-initialised: the initial score is 0, and with DSM's weighting λ = σ² the
   regression target of ``f`` is ``−z ~ N(0, I)`` at every level.
 
@@ -88,7 +91,7 @@ class SmallUNet(nn.Module):
         h = block(2 * self.ngf)(h, embedding)
         h = block(2 * self.ngf)(h, embedding)
         h = jax.image.resize(h, (batch, *skip.shape[1:3], h.shape[-1]), "nearest")
-        h = block(self.ngf)(jnp.concatenate([h, skip], axis=-1), embedding)
+        h = block(self.ngf)(nn.Conv(self.ngf, (1, 1), dtype=self.dtype)(h) + skip, embedding)
         h = act(nn.GroupNorm(_groups(self.ngf), dtype=self.dtype)(h))
         f = nn.Conv(x.shape[-1], (3, 3), kernel_init=nn.initializers.zeros, dtype=self.dtype)(h)
         return f.astype(jnp.float32) / sigma[:, None, None, None]
