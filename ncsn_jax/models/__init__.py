@@ -81,10 +81,15 @@ def init_variables(model: nn.Module, key: jax.Array, input_shape: Sequence[int])
 
     Compiled as a program that runs once (:func:`ncsn_jax.compiler_options.for_one_run`): on the CPU that
     costs about what running the hundreds of random initialisers op by op does for the large networks, and
-    a fifth of it for the small ones.
+    a fifth of it for the small ones. Under a trace (``jax.eval_shape`` of the train state, a caller's
+    ``jit``) it is traced inline: ``compiler_options`` belong to the outermost ``jit`` only.
     """
     x = jnp.zeros(tuple(input_shape), jnp.float32)
-    init = jax.jit(model.init, compiler_options=compiler_options.for_one_run())
+    init = model.init
+    if not isinstance(
+        key, jax.core.Tracer
+    ):  # under a trace (eval_shape, jit) the caller's compilation runs it
+        init = jax.jit(model.init, compiler_options=compiler_options.for_one_run())
     return init(key, x, _dummy_sigma(model, x.shape[0]))
 
 
