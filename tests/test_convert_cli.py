@@ -28,7 +28,11 @@ from tests.torch_reference import build_torch_reference, nchw, nhwc, randomize_n
 # NCSNv2 checkpoint: configs/digits.py (8x8x1, "auto" noise levels and step size) with the reference network
 # (NCSNv2, ELU) in place of its U-Net, ngf 4, and the reference's sigma_min.
 V2_MODEL = {"name": "ncsnv2", "nonlinearity": "elu", "sigma_min": 0.01}
-V2_CONFIG = ["--config=configs/digits.py", *(f"--config.model.{k}={v}" for k, v in V2_MODEL.items())]
+V2_CONFIG = [
+    "--config=configs/digits.py",
+    "--config.sampling.step_lr=auto",  # the digits default sets ε; here technique 4 is checked
+    *(f"--config.model.{k}={v}" for k, v in V2_MODEL.items()),
+]
 V2_ARGS = [*V2_CONFIG, "--config.model.ngf=4"]
 V2_SIGMAS = noise.geometric_sigmas(6.0, 0.01, 7)  # sigma_min as above; sigma_max and L come from the file
 V2_STEP = 1234
@@ -136,7 +140,7 @@ def ncsn_checkpoint(torch_ref, tmp_path_factory):
 def digits_config(**sampling):
     config = digits.get_config()
     config.model.update(V2_MODEL, ngf=4)
-    config.sampling.update(sampling)
+    config.sampling.update({"step_lr": "auto", **sampling})
     return config
 
 
