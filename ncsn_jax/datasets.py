@@ -366,8 +366,6 @@ class FiniteImageSource(DataSource):
     def _augment(self, raw: np.ndarray, step: int, start: int, global_batch_size: int) -> np.ndarray:
         """Flip and dequantize rows ``start …`` of the global batch of ``step`` with the draws laid out in the
         module docstring."""
-        if not (self.random_flip or self.uniform_dequantization):
-            return (raw.astype(np.float64) / self.max_value).astype(np.float32)
         seed_sequence = np.random.SeedSequence([self.seed, AUGMENT_STREAM, step])
         n, size = len(raw), int(np.prod(raw.shape[1:]))
         value = raw.astype(np.float64)

@@ -86,9 +86,8 @@ def init_variables(model: nn.Module, key: jax.Array, input_shape: Sequence[int])
     """
     x = jnp.zeros(tuple(input_shape), jnp.float32)
     init = model.init
-    if not isinstance(
-        key, jax.core.Tracer
-    ):  # under a trace (eval_shape, jit) the caller's compilation runs it
+    # Under a trace (eval_shape, jit) the caller's compilation runs it.
+    if not isinstance(key, jax.core.Tracer):
         init = jax.jit(model.init, compiler_options=compiler_options.for_one_run())
     return init(key, x, _dummy_sigma(model, x.shape[0]))
 
